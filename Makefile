@@ -1,0 +1,29 @@
+# One-command set-up: `make demo` runs the main job, `make test` the tests. Both install first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# pip prints one warning per package for this machine's unused local index dirs: hide them.
+QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
+
+.PHONY: install test demo clean-results
+
+install: $(STAMP)
+
+# torch first and alone: `torch==2.13.0` resolves to the CPU wheel here and to the usual CUDA
+# wheel on a GPU machine; then the pinned stack (constrained by the lock), then this project.
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" $(QUIET)
+	$(PY) -m pip install -q torch==2.13.0 $(QUIET)
+	$(PY) -m pip install -q -r requirements.txt -c requirements.lock $(QUIET)
+	$(PY) -m pip install -q --no-deps -e . $(QUIET)
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 PATH="$(BIN):$$PATH" $(PY) -m pytest -q
+
+demo: install
+	HF_HUB_OFFLINE=1 PATH="$(BIN):$$PATH" dvc repro

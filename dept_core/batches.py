@@ -1,0 +1,83 @@
+"""Token streams, training batches and evaluation windows.
+
+A source's split becomes one stream `[eos] d1 [eos] d2 [eos] ...`: the leading `eos` marks a
+document start, so every text token is predicted. Training batches are random windows of
+`seq_len + 1` tokens drawn with the source's own seeded generator (its state is checkpointed,
+so a resumed run draws exactly the batches an uninterrupted one would).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+EOS_ID = 2
+IGNORE = -100
+
+
+def token_stream(docs: Sequence[Sequence[int]], eos: int = EOS_ID) -> Tensor:
+    parts = []
+    for ids in docs:
+        parts.append(eos)
+        parts.extend(ids)
+    parts.append(eos)
+    return torch.tensor(parts, dtype=torch.long)
+
+
+def derived_seed(seed: int, *names: str) -> int:
+    """A stable 63-bit seed for (seed, name...), independent of Python's hash randomisation."""
+    digest = hashlib.sha256("\0".join([str(seed), *names]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class BatchSampler:
+    """Random `batch_size × (seq_len + 1)` windows of a stream, from a seeded generator."""
+
+    def __init__(self, stream: Tensor, seq_len: int, batch_size: int, seed: int):
+        if len(stream) < seq_len + 2:
+            raise ValueError(f"stream of {len(stream)} tokens is shorter than seq_len + 2")
+        self.stream, self.seq_len, self.batch_size = stream, seq_len, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self, n: int | None = None) -> Tensor:
+        high = len(self.stream) - self.seq_len
+        n = self.batch_size if n is None else n
+        starts = torch.randint(0, high, (n,), generator=self.generator)
+        offsets = torch.arange(self.seq_len + 1)
+        return self.stream[starts.unsqueeze(1) + offsets]
+
+    def state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
+
+
+def eval_windows(stream: Tensor, seq_len: int) -> Tensor:
+    """Non-overlapping windows covering every token of the stream after the first.
+
+    Window i holds tokens [i·L, i·L + L]; the last one is padded with IGNORE targets.
+    """
+    n_pred = len(stream) - 1
+    n_win = -(-n_pred // seq_len)
+    out = torch.full((n_win, seq_len + 1), IGNORE, dtype=torch.long)
+    for i in range(n_win):
+        chunk = stream[i * seq_len: i * seq_len + seq_len + 1]
+        out[i, : len(chunk)] = chunk
+    return out
+
+
+def cap_docs(texts: Sequence[str], docs: Sequence[Sequence[int]], max_tokens: int
+             ) -> tuple[list[Sequence[int]], int]:
+    """Leading documents up to `max_tokens` (at least one) and their UTF-8 byte count."""
+    kept, n_bytes, n_tok = [], 0, 0
+    for text, ids in zip(texts, docs):
+        if kept and n_tok + len(ids) > max_tokens:
+            break
+        kept.append(ids)
+        n_tok += len(ids) + 1
+        n_bytes += len(text.encode("utf-8"))
+    return kept, n_bytes

@@ -1,0 +1,81 @@
+"""Round checkpoints: tensors in safetensors, everything else in JSON, written atomically.
+
+`<dir>/round-NNNNNN.safetensors` + `<dir>/round-NNNNNN.json`, then `<dir>/latest.json` points
+at the newest complete pair. A crash at any moment leaves the previous pair readable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor
+
+from dept_core.atomic import atomic_file, write_json
+from dept_core.errors import DeptError
+
+
+def _stem(rnd: int) -> str:
+    return f"round-{rnd:06d}"
+
+
+def save(ckpt_dir: Path, rnd: int, tensors: dict[str, Tensor], meta: dict, keep: int) -> None:
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_file(ckpt_dir / f"{_stem(rnd)}.safetensors", "wb") as fh:
+        fh.write(safetensors_bytes(flat))
+    write_json(ckpt_dir / f"{_stem(rnd)}.json", meta)
+    write_json(ckpt_dir / "latest.json", {"round": rnd})
+    finished = sorted(ckpt_dir.glob("round-*.json"))
+    for old in finished[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+
+
+def load_latest(ckpt_dir: Path) -> tuple[int, dict[str, Tensor], dict] | None:
+    """(round, tensors, meta) of the newest finished round, or None when there is none."""
+    pointer = Path(ckpt_dir) / "latest.json"
+    if not pointer.is_file():
+        return None
+    try:
+        rnd = int(json.loads(pointer.read_text())["round"])
+        stem = Path(ckpt_dir) / _stem(rnd)
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        tensors = load_file(str(stem.with_suffix(".safetensors")))
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise DeptError(
+            f"checkpoint {ckpt_dir} is unreadable ({type(exc).__name__}: {exc}); "
+            f"delete the directory to start the run afresh"
+        ) from None
+    return rnd, tensors, meta
+
+
+def pack(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}/{k}": v for k, v in tensors.items()}
+
+
+def unpack(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+
+
+def optimizer_to_tensors(state: dict) -> tuple[dict[str, Tensor], list]:
+    """torch optimizer state_dict → flat tensors + the JSON-able param_groups."""
+    flat = {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            flat[f"{idx}/{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return flat, state["param_groups"]
+
+
+def optimizer_from_tensors(flat: dict[str, Tensor], groups: list) -> dict:
+    state: dict = {}
+    for key, value in flat.items():
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": groups}

@@ -1,0 +1,294 @@
+"""Typed, strict configuration: one model per params.yaml section.
+
+Unknown keys, wrong types and out-of-range values are errors that name the key and the value
+(nanoGPT's configurator refuses unknown keys; every field here carries a description).
+`load_config(path, overrides)` is the only entry point the rest of the code needs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dept_core.errors import ConfigError
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ----------------------------------------------------------------------------------- data ----
+class EmbeddedSource(Section):
+    """A source from the corpus shipped in `corpus/` (built by scripts/build_corpus.py)."""
+
+    kind: Literal["embedded"]
+    name: str = Field(pattern=NAME_RE, description="unique source name")
+    preset: Literal["multilingual", "multidomain"] = Field(description="embedded preset")
+    item: str | None = Field(None, description="file in the preset (default: the name)")
+    heldout: bool = Field(False, description="out-of-distribution: evaluated, never trained on")
+
+
+class FilesSource(Section):
+    """Local files: globs of UTF-8 text files (one document each) or JSON-lines files."""
+
+    kind: Literal["files"]
+    name: str = Field(pattern=NAME_RE)
+    paths: list[str] = Field(min_length=1, description="globs, relative to the project root")
+    format: Literal["text", "jsonl"] = Field("text", description="text: a file is a document")
+    text_field: str = Field("text", description="jsonl: the field holding the text")
+    heldout: bool = False
+
+
+class HFSource(Section):
+    """A Hugging Face `datasets` dataset, streamed (Pile subsets, mC4 languages, ...).
+
+    Needs a network unless `dataset` is a local builder (json/parquet/text + data_files).
+    """
+
+    kind: Literal["hf"]
+    name: str = Field(pattern=NAME_RE)
+    dataset: str = Field(description="dataset name or local builder (json, parquet, text)")
+    config: str | None = Field(None, description="dataset configuration (e.g. an mC4 language)")
+    split: str = "train"
+    text_field: str = "text"
+    data_files: list[str] | None = Field(None, description="local files for json/parquet/text")
+    streaming: bool = True
+    heldout: bool = False
+
+
+Source = Annotated[Union[EmbeddedSource, FilesSource, HFSource], Field(discriminator="kind")]
+
+
+class DataConfig(Section):
+    sources: list[Source] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "DataConfig":
+        seen: set[str] = set()
+        for src in self.sources:
+            if src.name in seen:
+                raise ValueError(f"duplicate source name '{src.name}'")
+            seen.add(src.name)
+        if not [s for s in self.sources if not s.heldout]:
+            raise ValueError("every source is heldout: at least one must be trained on")
+        return self
+
+    @property
+    def train_sources(self) -> list[str]:
+        return [s.name for s in self.sources if not s.heldout]
+
+    @property
+    def heldout_sources(self) -> list[str]:
+        return [s.name for s in self.sources if s.heldout]
+
+
+class PrepareConfig(Section):
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents for val")
+    test_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents for test")
+    min_doc_chars: int = Field(50, ge=1, description="shorter documents are dropped")
+    max_bytes_per_source: int | None = Field(None, gt=0, description="cap, in UTF-8 bytes")
+
+
+class TokenizersConfig(Section):
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    global_vocab_size: int = Field(8000, ge=300)
+    sample_bytes_per_source: int = Field(
+        300_000, gt=0, description="cap per source in the global tokenizer's training sample"
+    )
+    per_source_vocab_size: int = Field(4000, ge=300, description="SPEC-OPT tokenizers")
+    per_source_vocab_overrides: dict[str, int] = Field(default_factory=dict)
+    subvocab_min_count: int = Field(1, ge=1, description="V_k: tokens seen this often")
+    character_coverage: float = Field(0.9995, gt=0.9, le=1.0)
+
+
+# ---------------------------------------------------------------------------------- model ----
+SIZES: dict[str, dict[str, int]] = {
+    # name: d_model, n_layers, n_heads, d_ff. "paper-*" are the paper's shapes (§4, Table 2).
+    "tiny": dict(d_model=32, n_layers=2, n_heads=2, d_ff=64),
+    "demo": dict(d_model=96, n_layers=3, n_heads=4, d_ff=256),
+    "paper-125m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+    "paper-350m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
+    "paper-1.3b": dict(d_model=2048, n_layers=24, n_heads=16, d_ff=8192),
+}
+
+
+class ModelConfig(Section):
+    family: Literal["llama", "gpt2"] = Field(
+        "llama", description="llama: RoPE, no positional parameters; gpt2: learned positions"
+    )
+    size: Literal["tiny", "demo", "paper-125m", "paper-350m", "paper-1.3b"] = "demo"
+    d_model: int | None = Field(None, gt=0, description="overrides the size preset")
+    n_layers: int | None = Field(None, gt=0)
+    n_heads: int | None = Field(None, gt=0)
+    d_ff: int | None = Field(None, gt=0)
+    max_seq_len: int = Field(256, gt=1, description="positions the model supports")
+    tie_embeddings: bool = Field(True, description="output layer = token embeddings (paper)")
+
+    def dims(self) -> dict[str, int]:
+        dims = dict(SIZES[self.size])
+        for key in dims:
+            if getattr(self, key) is not None:
+                dims[key] = getattr(self, key)
+        if dims["d_model"] % dims["n_heads"]:
+            raise ValueError(f"model.d_model {dims['d_model']} is not divisible by "
+                             f"model.n_heads {dims['n_heads']}")
+        return dims
+
+
+# ---------------------------------------------------------------------------------- train ----
+VARIANTS = ("glob", "trim", "spec", "spec_opt", "std")
+
+
+class OuterConfig(Section):
+    optimizer: Literal["avg", "nesterov"] = Field(
+        "avg", description="avg: FedAvg (the paper); nesterov: DiLoCo's outer Nesterov"
+    )
+    lr: float = Field(0.7, gt=0, description="outer learning rate (nesterov only)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="outer momentum (nesterov only)")
+    weighting: Literal["uniform", "tokens"] = Field(
+        "uniform", description="average uniformly or by each source's train tokens"
+    )
+
+
+class TrainConfig(Section):
+    variants: list[Literal["glob", "trim", "spec", "spec_opt", "std"]] = Field(
+        default_factory=lambda: list(VARIANTS), min_length=1
+    )
+    rounds: int = Field(8, gt=0, description="T, outer rounds")
+    sources_per_round: int = Field(3, gt=0, description="|S_t|, sources sampled per round")
+    local_steps: int = Field(20, gt=0, description="N_local inner steps per round")
+    batch_size: int = Field(8, gt=0, description="sequences per inner step per source")
+    seq_len: int = Field(128, gt=1)
+    lr: float = Field(3e-3, gt=0, description="peak inner AdamW learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor, share of lr")
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.95], min_length=2, max_length=2)
+    grad_clip: float = Field(1.0, gt=0)
+    inner_state: Literal["reset", "keep"] = Field(
+        "reset", description="inner AdamW state: reset every round or kept per source"
+    )
+    outer: OuterConfig = OuterConfig()
+    std_temperature: float = Field(0.3, ge=0, le=1, description="STD source sampling tau")
+    eval_every: int = Field(1, gt=0, description="validate every this many rounds")
+    eval_tokens: int = Field(8192, gt=0, description="validation tokens per source")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_keep: int = Field(2, gt=0, description="finished-round checkpoints kept")
+
+
+# --------------------------------------------------------------------------------- config ----
+class Config(Section):
+    seed: int = Field(0, ge=0)
+    data: DataConfig
+    prepare: PrepareConfig = PrepareConfig()
+    tokenizers: TokenizersConfig = TokenizersConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        names = {s.name for s in self.data.sources}
+        n_train = len(self.data.train_sources)
+        if self.train.sources_per_round > n_train:
+            raise ValueError(f"train.sources_per_round: {self.train.sources_per_round} is more "
+                             f"than the {n_train} training sources")
+        if self.train.seq_len > self.model.max_seq_len:
+            raise ValueError(f"train.seq_len: {self.train.seq_len} exceeds "
+                             f"model.max_seq_len {self.model.max_seq_len}")
+        self.model.dims()
+        for key in self.tokenizers.per_source_vocab_overrides:
+            if key not in names:
+                raise ValueError(
+                    f"tokenizers.per_source_vocab_overrides: unknown source '{key}'"
+                )
+        return self
+
+
+# ---------------------------------------------------------------------------------- load ----
+def _format_errors(origin: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown key")
+        elif e["type"] == "missing":
+            parts.append(f"{loc}: required key missing")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+            parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in {"embedded", "files", "hf"}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.rounds=3` -> (['train', 'rounds'], 3); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value")
+    key, raw = text.split("=", 1)
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key):
+        raise ConfigError(f"override '{text}': bad key '{key}'")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_override(raw: dict, path: list[str], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: '{part}' is not a section")
+        node = node.setdefault(part, {})
+    if isinstance(node, list) and path[-1].isdigit() and int(path[-1]) < len(node):
+        node[int(path[-1])] = value
+    elif isinstance(node, dict):
+        node[path[-1]] = value
+    else:
+        raise ConfigError(f"override {'.'.join(path)}: not a section")
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {first}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def load_config(path: Path | str = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read, override (`key=value`, YAML values) and validate a params file."""
+    raw = read_yaml(Path(path))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value)
+    return validate(raw, origin=str(path))
+
+
+def validate(raw: dict, origin: str = "params") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(origin, err)) from None

@@ -1,0 +1,80 @@
+"""The server side of a round: averaging source updates and the outer optimiser step.
+
+Small pure functions on tensors (tested with hand-built values in tests/test_outer.py).
+A source's update is Δ_k = θ_k − θ (the paper's Algorithm 1 works with these differences).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def normalised(weights: Sequence[float]) -> list[float]:
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weights must sum to a positive number")
+    return [float(w) / total for w in weights]
+
+
+def weighted_mean(deltas: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Σ_k w_k Δ_k / Σ_k w_k — FedAvg's aggregate (uniform weights: the paper's choice)."""
+    out = torch.zeros_like(deltas[0])
+    for delta, w in zip(deltas, normalised(weights)):
+        out.add_(delta, alpha=w)
+    return out
+
+
+def masked_row_mean(
+    deltas: Sequence[Tensor], rows: Sequence[Tensor], weights: Sequence[float], n_rows: int
+) -> tuple[Tensor, Tensor]:
+    """TRIM's aggregate of embedding rows (paper §3, TRIM).
+
+    Source k returns `deltas[k]` (|V_k| × d) for global rows `rows[k]`. Each global row is
+    averaged over the sources that hold it only — a source that does not hold a row does not
+    pull it towards zero — and rows held by no sampled source get no update.
+    Returns (mean Δ of shape n_rows × d, boolean mask of rows held by at least one source).
+    """
+    d = deltas[0].shape[1]
+    acc = torch.zeros(n_rows, d, dtype=deltas[0].dtype)
+    wsum = torch.zeros(n_rows, dtype=deltas[0].dtype)
+    for delta, ids, w in zip(deltas, rows, weights):
+        acc.index_add_(0, ids, delta * float(w))
+        wsum.index_add_(0, ids, torch.full((len(ids),), float(w), dtype=wsum.dtype))
+    held = wsum > 0
+    acc[held] /= wsum[held].unsqueeze(1)
+    return acc, held
+
+
+class OuterOptimizer:
+    """θ ← OuterOpt(θ, mean Δ).
+
+    * "avg": θ ← θ + mean Δ (FedAvg, i.e. outer SGD with learning rate 1: the paper's choice);
+    * "nesterov": DiLoCo's outer step on the pseudo-gradient g = −mean Δ:
+      m ← μ m + g;  θ ← θ − η (g + μ m). Beyond the paper; offered as an option.
+    With `rows` (TRIM), only the rows held this round are stepped and their momentum updated.
+    """
+
+    def __init__(self, kind: str, lr: float = 1.0, momentum: float = 0.0):
+        self.kind, self.lr, self.momentum = kind, lr, momentum
+        self.buffers: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def step(self, key: str, param: Tensor, mean_delta: Tensor, rows: Tensor | None = None) -> None:
+        if rows is None:
+            rows = torch.ones(param.shape[0], dtype=torch.bool)
+        if self.kind == "avg":
+            param[rows] += mean_delta[rows].to(param.dtype)
+            return
+        g = -mean_delta[rows].to(param.dtype)
+        buf = self.buffers.setdefault(key, torch.zeros_like(param))
+        buf[rows] = self.momentum * buf[rows] + g
+        param[rows] -= self.lr * (g + self.momentum * buf[rows])
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self.buffers.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.buffers = {k: v.clone() for k, v in state.items()}

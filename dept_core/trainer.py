@@ -1,0 +1,116 @@
+"""The inner loop shared by every variant: AdamW steps on one source's batches."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from dept_core.batches import BatchSampler
+from dept_core.config import TrainConfig
+from dept_core.model import lm_loss
+
+
+class MetricsSink(Protocol):
+    """Where metrics go (MLflow in tasks/, a list in tests): `log(metrics, step)`."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
+def pick_device(pref: str = "auto") -> torch.device:
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but CUDA is not available")
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(pref)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA; full precision on CPU (bf16 matmuls are slow on most CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (embeddings included), none on norms and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg.lr, betas=tuple(tcfg.betas), fused=fused or None,
+    )
+
+
+@dataclass
+class LocalStats:
+    loss: float  # mean nats per token over the local steps
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def local_train(model, opt, sampler: BatchSampler, steps: int, first_step: int,
+                lr_at: Callable[[int], float], grad_clip: float,
+                device: torch.device) -> LocalStats:
+    """`steps` AdamW steps; the learning rate follows the global step count."""
+    loss_sum, tok_sum, start = 0.0, 0, time.perf_counter()
+    for i in range(steps):
+        lr = lr_at(first_step + i)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = sampler.next().to(device, non_blocking=True)
+        with autocast_for(device):
+            loss, n = lm_loss(model, batch)
+        (loss / n).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum += float(loss.detach())
+        tok_sum += n
+    return LocalStats(loss_sum / max(tok_sum, 1), tok_sum, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate_windows(model, windows: Tensor, n_bytes: int, device: torch.device,
+                     batch: int = 16) -> dict[str, float]:
+    """Loss (nats/token), perplexity and bits per UTF-8 byte over evaluation windows."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch):
+        with autocast_for(device):
+            loss, n = lm_loss(model, windows[i:i + batch].to(device))
+        total += float(loss)
+        count += n
+    model.train(was_training)
+    mean = total / max(count, 1)
+    return {"loss": mean, "ppl": math.exp(min(mean, 50.0)),
+            "bpb": total / (math.log(2) * max(n_bytes, 1)), "tokens": count}
+
+
+def all_finite(tensors: dict[str, Tensor]) -> str | None:
+    """The name of the first tensor holding NaN/Inf, or None."""
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            return name
+    return None

@@ -1,0 +1,91 @@
+"""`dept`: the command line over the flows. Thin: parse, validate the config, call a flow.
+
+Bad input ends with one line `dept: error: ...` naming the culprit, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from flows import _env  # noqa: F401  (defaults before prefect/mlflow are imported)
+
+from dept_core.config import VARIANTS  # noqa: E402
+
+EPILOG = """\
+stages (each also a DVC stage; `dvc repro` runs them in order):
+  prepare      read, clean, de-duplicate and split the sources  -> data/prepared/
+  tokenizers   SentencePiece: global, per-source, sub-vocabularies -> data/tokenizers/
+  train        DEPT rounds for one variant              -> results/pretrain/<variant>/
+
+examples:
+  dept prepare
+  dept tokenizers --set tokenizers.global_vocab_size=4000
+  dept train --variant spec --set train.rounds=4
+  dept prepare --params configs/smoke.yaml
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="parameters file (params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter, e.g. --set train.rounds=4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dept", description="DEPT: decoupled-embedding pre-training pipeline.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in [("prepare", "read, clean and split the data sources"),
+                       ("tokenizers", "train the SentencePiece tokenizers")]:
+        _common(sub.add_parser(name, help=text, description=text))
+    p = sub.add_parser("train", help="pre-train one variant (resumes if interrupted)",
+                       description="Pre-train one variant: glob, trim, spec, spec_opt (DEPT) "
+                                   "or std (the centralised baseline).")
+    p.add_argument("--variant", required=True, choices=VARIANTS)
+    _common(p)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> object:
+    from flows.common import load
+
+    load(args.params, args.overrides)  # validate before a Prefect server is started
+    if args.command == "prepare":
+        from flows.prepare import prepare_flow
+
+        return prepare_flow(params=args.params, overrides=args.overrides)
+    if args.command == "tokenizers":
+        from flows.tokenizers import tokenizers_flow
+
+        return tokenizers_flow(params=args.params, overrides=args.overrides)
+    if args.command == "train":
+        from flows.pretrain import pretrain_flow
+
+        return pretrain_flow(variant=args.variant, params=args.params,
+                             overrides=args.overrides)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from dept_core.errors import DeptError
+
+    start = time.monotonic()
+    try:
+        _run(args)
+    except DeptError as exc:
+        print(f"dept: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("dept: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"dept {args.command}: done in {time.monotonic() - start:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""prepare: read every source, clean, de-duplicate, split, write data/prepared/.
+
+    python -m flows.prepare [--params params.yaml] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from dept_core.layout import PREPARED
+from flows.common import load
+from tasks.data import read_source_task, write_prepared_task
+
+
+@flow(name="prepare", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def prepare_flow(params: str = "params.yaml", overrides: list[str] | None = None,
+                 root: str | None = None) -> dict:
+    cfg, root_path = load(params, overrides, root)
+    futures = {s.name: read_source_task.submit(s, cfg, root_path) for s in cfg.data.sources}
+    prepared = {name: fut.result() for name, fut in futures.items()}  # all read before writing
+    return write_prepared_task(prepared, root_path / PREPARED, cfg.data.heldout_sources)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows.cli import main
+
+    main(["prepare", *sys.argv[1:]])

@@ -1,0 +1,40 @@
+"""tokenizers: the global SentencePiece model, per-source ones (SPEC-OPT), sub-vocabularies.
+
+    python -m flows.tokenizers [--params params.yaml] [--set key=value ...]
+
+Independent trainings run concurrently through Prefect's task runner.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from dept_core import tokenizers as tk
+from dept_core.layout import PREPARED, TOKENIZERS, tokenizer_stats
+from flows.common import load
+from tasks.tokenizers import read_splits_task, train_tokenizer_task, write_tokenizers_task
+
+
+@flow(name="tokenizers", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def tokenizers_flow(params: str = "params.yaml", overrides: list[str] | None = None,
+                    root: str | None = None) -> dict:
+    cfg, root_path = load(params, overrides, root)
+    names = [s.name for s in cfg.data.sources]
+    train = read_splits_task(root_path / PREPARED, names, "train")
+    val = read_splits_task(root_path / PREPARED, names, "val")
+    global_spec, per_source = tk.plan(cfg, train)
+    global_fut = train_tokenizer_task.submit(global_spec)
+    own_futs = {name: train_tokenizer_task.submit(spec) for name, spec in per_source.items()}
+    return write_tokenizers_task(
+        cfg, train, val, global_fut.result(), {n: f.result() for n, f in own_futs.items()},
+        root_path / TOKENIZERS, tokenizer_stats(root_path),
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows.cli import main
+
+    main(["tokenizers", *sys.argv[1:]])

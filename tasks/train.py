@@ -1,0 +1,48 @@
+"""The pretrain task: one variant's rounds (resumable), its metrics and exported models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from dept_core.atomic import atomic_dir, write_json
+from dept_core.config import Config
+from dept_core.layout import CHECKPOINTS, PREPARED, RESULTS, TOKENIZERS
+from dept_core.run import export_all, run_key, train_variant
+from dept_core.trainer import MetricsSink
+from tasks.common import NO_CACHE
+
+
+def round_line(record: dict, rounds: int) -> str:
+    losses = " ".join(f"{k}={v:.3f}" for k, v in record["train_loss"].items())
+    line = (f"round {record['round']}/{rounds} | sources {','.join(record['sources'])} | "
+            f"train loss {losses} | {record['tokens_per_s']:.0f} tok/s | "
+            f"comm {(record['comm']['down'] + record['comm']['up']) / 1e6:.2f} MB")
+    if record.get("val"):
+        mean = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
+        line += f" | val bits/byte {mean:.3f}"
+    return line
+
+
+@task(name="pretrain", task_run_name="pretrain-{variant}", **NO_CACHE)
+def pretrain_task(cfg: Config, variant: str, root: Path, sink: MetricsSink | None = None,
+                  ) -> dict:
+    """Train (or resume) `variant`; write results/pretrain/<variant>/ atomically."""
+    log = get_run_logger()
+    prepared, tok_root = root / PREPARED, root / TOKENIZERS
+    ckpt_dir = root / CHECKPOINTS / f"{variant}-{run_key(cfg, variant, prepared, tok_root)}"
+    if (ckpt_dir / "latest.json").is_file():
+        log.info("resuming %s from %s", variant, ckpt_dir)
+    result, data = train_variant(
+        cfg, variant, prepared, tok_root, ckpt_dir, sink,
+        on_round=lambda r: log.info("%s %s", variant, round_line(r, cfg.train.rounds)),
+    )
+    with atomic_dir(root / RESULTS / "pretrain" / variant) as tmp:
+        export_all(cfg, result, data, tok_root, tmp / "models")
+        write_json(tmp / "metrics.json", result.metrics)
+    log.info("%s: mean val bits/byte %.4f, %.2f MB communicated", variant,
+             result.metrics["final"]["val_bpb_mean"] or float("nan"),
+             (result.metrics["comm"]["bytes_down_total"]
+              + result.metrics["comm"]["bytes_up_total"]) / 1e6)
+    return result.metrics

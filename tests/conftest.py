@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny real-text projects built once per session (2-core machine)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports prefect: a Prefect home of the test session's own (its result cache
+# must not leak between sessions), no hub access, no telemetry.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dept-test-prefect-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from dept_core.config import validate  # noqa: E402
+
+TINY = {
+    "seed": 0,
+    "data": {"sources": [
+        {"name": "en", "kind": "embedded", "preset": "multilingual"},
+        {"name": "de", "kind": "embedded", "preset": "multilingual"},
+        {"name": "ja", "kind": "embedded", "preset": "multilingual"},
+        {"name": "es", "kind": "embedded", "preset": "multilingual", "heldout": True},
+    ]},
+    "prepare": {"min_doc_chars": 100, "max_bytes_per_source": 60000,
+                "val_fraction": 0.1, "test_fraction": 0.1},
+    "tokenizers": {"global_vocab_size": 1200, "per_source_vocab_size": 500,
+                   "sample_bytes_per_source": 40000},
+}
+
+
+def write_params(root: Path, raw: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_raw() -> dict:
+    return yaml.safe_load(yaml.safe_dump(TINY))  # a deep copy
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_raw):
+    return validate(tiny_raw)
+
+
+@pytest.fixture(scope="session")
+def prepared_root(tmp_path_factory, tiny_raw, tiny_cfg) -> Path:
+    """A project with params.yaml and data/prepared built from the embedded corpus."""
+    from dept_core.data import prepare, write_prepared
+    from dept_core.layout import PREPARED
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_params(root, tiny_raw)
+    write_prepared(prepare(tiny_cfg, root), root / PREPARED, set(tiny_cfg.data.heldout_sources))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenized_root(prepared_root, tiny_cfg) -> Path:
+    """The same project with data/tokenizers built (in-process, no Prefect)."""
+    from dept_core import tokenizers as tk
+    from dept_core.data import read_split
+    from dept_core.layout import PREPARED, TOKENIZERS
+
+    names = [s.name for s in tiny_cfg.data.sources]
+    train = {n: read_split(prepared_root / PREPARED, n, "train") for n in names}
+    val = {n: read_split(prepared_root / PREPARED, n, "val") for n in names}
+    glob_spec, per_source = tk.plan(tiny_cfg, train)
+    models = {n: tk.train_sentencepiece(s) for n, s in per_source.items()}
+    stats = tk.assemble(tiny_cfg, train, val, tk.train_sentencepiece(glob_spec), models,
+                        prepared_root / TOKENIZERS)
+    (prepared_root / "stats.json").write_text(yaml.safe_dump(stats))
+    return prepared_root
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real (temporary, local) Prefect server for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
