@@ -110,7 +110,7 @@ class TokenizersConfig(Section):
 # ---------------------------------------------------------------------------------- model ----
 SIZES: dict[str, dict[str, int]] = {
     # name: d_model, n_layers, n_heads, d_ff. "paper-*" are the paper's shapes (§4, Table 2).
-    "tiny": dict(d_model=32, n_layers=2, n_heads=2, d_ff=64),
+    "tiny": dict(d_model=64, n_layers=2, n_heads=2, d_ff=128),
     "demo": dict(d_model=96, n_layers=3, n_heads=4, d_ff=256),
     "paper-125m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072),
     "paper-350m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
@@ -161,7 +161,9 @@ class TrainConfig(Section):
         default_factory=lambda: list(VARIANTS), min_length=1
     )
     rounds: int = Field(8, gt=0, description="T, outer rounds")
-    sources_per_round: int = Field(3, gt=0, description="|S_t|, sources sampled per round")
+    sources_per_round: int | None = Field(
+        None, gt=0, description="|S_t|, sources sampled per round (default: all)"
+    )
     local_steps: int = Field(20, gt=0, description="N_local inner steps per round")
     batch_size: int = Field(8, gt=0, description="sequences per inner step per source")
     seq_len: int = Field(128, gt=1)
@@ -195,6 +197,8 @@ class Config(Section):
     def _cross_checks(self) -> "Config":
         names = {s.name for s in self.data.sources}
         n_train = len(self.data.train_sources)
+        if self.train.sources_per_round is None:
+            object.__setattr__(self.train, "sources_per_round", n_train)
         if self.train.sources_per_round > n_train:
             raise ValueError(f"train.sources_per_round: {self.train.sources_per_round} is more "
                              f"than the {n_train} training sources")

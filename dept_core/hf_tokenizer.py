@@ -8,7 +8,12 @@ The exported tokenizer reproduces ``sentencepiece`` exactly for the models this 
 * ``tok.decode(ids) == sp.decode(ids)`` for ids without specials (``skip_special_tokens=True`` otherwise).
 * ``add_special_tokens=True`` prepends ``<s>`` (Llama convention); ``</s>`` is never appended.
 * Literal ``"<s>"``, ``"<unk>"``, ``"<0x41>"`` in text are plain text, as in sentencepiece
-  (``split_special_tokens=True``; control/byte pieces can never be matched by the model).
+  (``split_special_tokens=True``; control/byte pieces get a prohibitive score) — *provided* the
+  vocabulary has single-character pieces for ``<`` and ``>``. Where it has not (a small
+  per-source vocabulary, measured here), ``tokenizers``' Unigram charges an unknown character
+  ``min_score − 10``, which is below any score a control piece can be given, so the literal
+  ``<s>`` becomes id 1 while sentencepiece spells it with byte pieces. ``tokenizers`` offers no
+  way to exclude a vocabulary entry from matching; such literals do not occur in the corpus.
 
 Known limits (both measured): sentencepiece's unigram Viterbi sums scores in float32, ``tokenizers``
 in float64, so on long unigram inputs (tens of KB in one string) a near-tie can resolve differently

@@ -75,8 +75,8 @@ def train_sentencepiece(spec: TrainSpec) -> bytes:
         msg = str(exc).strip().splitlines()[-1]
         raise DataError(
             f"tokenizer '{spec.name}': SentencePiece cannot train a {spec.vocab_size}-piece "
-            f"{spec.model_type} vocabulary on this text ({msg}); lower the vocabulary size "
-            f"or add text"
+            f"{spec.model_type} vocabulary on this text ({msg}); change the vocabulary size "
+            f"(or tokenizers.character_coverage) or add text"
         ) from None
     return buf.getvalue()
 
@@ -209,7 +209,7 @@ def assemble(cfg, train_texts: dict[str, list[str]], val_texts: dict[str, list[s
              global_model: bytes, spec_opt_models: dict[str, bytes], out_dir: Path) -> dict:
     """Write every tokenizer into `out_dir` and return the statistics.
 
-    Layout: global/, subvocab/<source>/ (with ids.json), spec_opt/<source>/.
+    Layout: global/, subvocab/<source>/ (with ids.json), spec_opt/<source>/, stats.json.
     """
     out_dir = Path(out_dir)
     sp = load(global_model)
@@ -232,4 +232,5 @@ def assemble(cfg, train_texts: dict[str, list[str]], val_texts: dict[str, list[s
         save_tokenizer(model, out_dir / "spec_opt" / name)
         entry = text_stats(own, token_counts(own, train_texts[name]), val_texts[name])
         stats["spec_opt"][name] = {"vocab_size": own.get_piece_size(), **entry}
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return stats

@@ -6,6 +6,7 @@ Bad input ends with one line `dept: error: ...` naming the culprit, and exit sta
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -51,10 +52,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """Bad input is reported in one line; Prefect's engine would add a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from dept_core.errors import DeptError
+
+        if record.exc_info and isinstance(record.exc_info[1], DeptError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # idempotent; the flow run would do it, then without our filter
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_NoTracebackForUserErrors())
+
+
 def _run(args: argparse.Namespace) -> object:
     from flows.common import load
 
     load(args.params, args.overrides)  # validate before a Prefect server is started
+    _quiet_user_errors()
     if args.command == "prepare":
         from flows.prepare import prepare_flow
 

@@ -31,7 +31,6 @@ def write_tokenizers_task(cfg, train_texts, val_texts, global_model: bytes,
     """Sub-vocabularies, HF exports and statistics, swapped into place atomically."""
     with atomic_dir(out_dir) as tmp:
         stats = tk.assemble(cfg, train_texts, val_texts, global_model, spec_opt_models, tmp)
-        write_json(tmp / "stats.json", stats)
     write_json(stats_path, stats)
     for name, entry in stats["subvocab"].items():
         get_run_logger().info("|V_%s| = %d of %d", name, entry["vocab_size"],

@@ -27,10 +27,14 @@ TINY = {
         {"name": "ja", "kind": "embedded", "preset": "multilingual"},
         {"name": "es", "kind": "embedded", "preset": "multilingual", "heldout": True},
     ]},
-    "prepare": {"min_doc_chars": 100, "max_bytes_per_source": 60000,
+    "prepare": {"min_doc_chars": 100, "max_bytes_per_source": 200000,
                 "val_fraction": 0.1, "test_fraction": 0.1},
-    "tokenizers": {"global_vocab_size": 1200, "per_source_vocab_size": 500,
-                   "sample_bytes_per_source": 40000},
+    "tokenizers": {"global_vocab_size": 1000, "per_source_vocab_size": 400,
+                   "sample_bytes_per_source": 100000, "character_coverage": 0.99,
+                   "per_source_vocab_overrides": {"ja": 900}},
+    "model": {"size": "tiny", "max_seq_len": 64},
+    "train": {"rounds": 8, "sources_per_round": 3, "local_steps": 25, "batch_size": 32,
+              "seq_len": 64, "lr": 0.003, "warmup_steps": 10, "eval_tokens": 30000},
 }
 
 
@@ -75,9 +79,8 @@ def tokenized_root(prepared_root, tiny_cfg) -> Path:
     val = {n: read_split(prepared_root / PREPARED, n, "val") for n in names}
     glob_spec, per_source = tk.plan(tiny_cfg, train)
     models = {n: tk.train_sentencepiece(s) for n, s in per_source.items()}
-    stats = tk.assemble(tiny_cfg, train, val, tk.train_sentencepiece(glob_spec), models,
-                        prepared_root / TOKENIZERS)
-    (prepared_root / "stats.json").write_text(yaml.safe_dump(stats))
+    tk.assemble(tiny_cfg, train, val, tk.train_sentencepiece(glob_spec), models,
+                prepared_root / TOKENIZERS)
     return prepared_root
 
 
@@ -88,3 +91,15 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def trained(tokenized_root, tiny_cfg):
+    """Every variant trained once on the tiny preset: {variant: (RunResult, data)}."""
+    from dept_core.config import VARIANTS
+    from dept_core.layout import CHECKPOINTS, PREPARED, TOKENIZERS
+    from dept_core.run import train_variant
+
+    return {v: train_variant(tiny_cfg, v, tokenized_root / PREPARED, tokenized_root / TOKENIZERS,
+                             tokenized_root / CHECKPOINTS / v)
+            for v in VARIANTS}

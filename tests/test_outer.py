@@ -76,7 +76,7 @@ def test_spec_banks_never_enter_the_aggregate_or_the_ledger():
     ledger = CommLedger()
     spec = _policy(Spec, ledger)
     first = spec.download(1, "a")
-    assert first["tok"].shape == (2, 32)                 # |V_a| x d, created at first sampling
+    assert first["tok"].shape == (2, 64)                 # |V_a| x d, created at first sampling
     spec.upload(1, "a", {"tok": first["tok"] + 100.0})
     spec.aggregate({"a": 1.0}, OuterOptimizer("avg"))
     assert spec.bank is None and ledger.records == []    # nothing sent, nothing averaged

@@ -1,0 +1,84 @@
+"""The stages as Prefect flows on a real (temporary, local) Prefect server, and the CLI."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dept_core.errors import DataError
+
+SMOKE = "configs/smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_server):
+    """A project directory that went through prepare -> tokenizers -> train (spec, std)."""
+    from flows.pretrain import pretrain_flow
+    from flows.prepare import prepare_flow
+    from flows.tokenizers import tokenizers_flow
+
+    root = tmp_path_factory.mktemp("flows")
+    shutil.copy(SMOKE, root / "params.yaml")
+    prepare_flow(root=str(root))
+    tokenizers_flow(root=str(root))
+    for variant in ("spec", "std"):
+        pretrain_flow(variant=variant, root=str(root))
+    return root
+
+
+def test_stage_outputs(project):
+    manifest = json.loads((project / "data/prepared/manifest.json").read_text())
+    assert set(manifest["sources"]) == {"en", "de", "ja", "es"}
+    stats = json.loads((project / "results/tokenizers/stats.json").read_text())
+    assert all(e["vocab_size"] < stats["global"]["vocab_size"]
+               for e in stats["subvocab"].values())
+    for variant in ("spec", "std"):
+        m = json.loads((project / f"results/pretrain/{variant}/metrics.json").read_text())
+        for key in ("rounds", "sources", "body_params", "embedding_params", "comm"):
+            assert key in m
+        for key in ("bytes_down_total", "bytes_up_total", "components", "per_round"):
+            assert key in m["comm"]
+        assert len(m["comm"]["per_round"]) == m["rounds"] == 2
+    models = project / "results/pretrain/spec/models"
+    assert {p.name for p in models.iterdir()} <= {"en", "de", "ja"}
+    assert (project / "results/pretrain/std/models/global/model.safetensors").is_file()
+
+
+def test_flow_failure_keeps_previous_outputs(project):
+    from flows.prepare import prepare_flow
+
+    before = (project / "data/prepared/manifest.json").read_bytes()
+    with pytest.raises(DataError, match="source 'xx'"):
+        prepare_flow(root=str(project), overrides=[
+            'data.sources=[{name: xx, kind: files, paths: ["missing/*.txt"]}]',
+            "train.sources_per_round=1", "tokenizers.per_source_vocab_overrides={}"])
+    assert (project / "data/prepared/manifest.json").read_bytes() == before
+
+
+def _dept(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["prepare", "--set", "prepare.max_bytes=1"], "prepare.max_bytes: unknown key"),
+    (["train", "--variant", "spec", "--set", "train.rounds=-1"],
+     "train.rounds: Input should be greater than 0 (got -1)"),
+    (["tokenizers", "--set", "train.sources_per_round=9"],
+     "train.sources_per_round: 9 is more than the 3 training sources"),
+    (["prepare", "--params", "nope.yaml"], "nope.yaml: no such file"),
+])
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path, args, message):
+    shutil.copy(SMOKE, tmp_path / "params.yaml")
+    proc = _dept(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("dept: error: ")
+    assert message in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_unknown_variant(tmp_path):
+    proc = _dept("train", "--variant", "fedavg", cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid choice: 'fedavg'" in proc.stderr
