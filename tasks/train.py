@@ -38,9 +38,10 @@ def pretrain_task(cfg: Config, variant: str, root: Path, sink: MetricsSink | Non
         cfg, variant, prepared, tok_root, ckpt_dir, sink,
         on_round=lambda r: log.info("%s %s", variant, round_line(r, cfg.train.rounds)),
     )
-    with atomic_dir(root / RESULTS / "pretrain" / variant) as tmp:
-        export_all(cfg, result, data, tok_root, tmp / "models")
-        write_json(tmp / "metrics.json", result.metrics)
+    out = root / RESULTS / "pretrain" / variant
+    with atomic_dir(out / "models") as tmp:
+        export_all(cfg, result, data, tok_root, tmp)
+    write_json(out / "metrics.json", result.metrics)
     log.info("%s: mean val bits/byte %.4f, %.2f MB communicated", variant,
              result.metrics["final"]["val_bpb_mean"] or float("nan"),
              (result.metrics["comm"]["bytes_down_total"]

@@ -138,3 +138,16 @@ def test_gpt2_family_specialises_positional_embeddings(tokenized_root, tiny_raw)
     glob, _ = train_variant(cfg, "glob", tokenized_root / PREPARED, tokenized_root / TOKENIZERS,
                             None)
     assert glob.metrics["comm"]["components"]["pos"]["down"] == 64 * 64 * 4 * 3
+
+
+def test_untied_output_head_is_part_of_the_bank(tokenized_root, tiny_raw):
+    raw = json.loads(json.dumps(tiny_raw))
+    raw["model"]["tie_embeddings"] = False
+    raw["train"].update(rounds=1, local_steps=2, batch_size=4)
+    cfg = validate(raw)
+    trim, data = train_variant(cfg, "trim", tokenized_root / PREPARED,
+                               tokenized_root / TOKENIZERS, None)
+    comps = trim.metrics["comm"]["components"]
+    assert comps["head"] == comps["tok"]              # head rows travel like token rows
+    for src, bank in trim.banks.items():
+        assert bank["head"].shape == bank["tok"].shape == (data[src].vocab_size, 64)
