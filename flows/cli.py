@@ -16,6 +16,9 @@ from flows import _env  # noqa: F401  (defaults before prefect/mlflow are import
 from dept_core.config import VARIANTS  # noqa: E402
 
 EPILOG = """\
+commands:
+  run          all of the below for every variant in train.variants (one MLflow parent run)
+
 stages (each also a DVC stage; `dvc repro` runs them in order):
   prepare      read, clean, de-duplicate and split the sources  -> data/prepared/
   tokenizers   SentencePiece: global, per-source, sub-vocabularies -> data/tokenizers/
@@ -41,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in [("prepare", "read, clean and split the data sources"),
+    for name, text in [("run", "the whole pipeline: prepare, tokenizers, every variant"),
+                       ("prepare", "read, clean and split the data sources"),
                        ("tokenizers", "train the SentencePiece tokenizers")]:
         _common(sub.add_parser(name, help=text, description=text))
     p = sub.add_parser("train", help="pre-train one variant (resumes if interrupted)",
@@ -77,6 +81,10 @@ def _run(args: argparse.Namespace) -> object:
 
     load(args.params, args.overrides)  # validate before a Prefect server is started
     _quiet_user_errors()
+    if args.command == "run":
+        from flows.pipeline import dept_pipeline
+
+        return dept_pipeline(params=args.params, overrides=args.overrides)
     if args.command == "prepare":
         from flows.prepare import prepare_flow
 

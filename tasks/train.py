@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.runtime import flow_run
 
 from dept_core.atomic import atomic_dir, write_json
 from dept_core.config import Config
-from dept_core.layout import CHECKPOINTS, PREPARED, RESULTS, TOKENIZERS
+from dept_core.layout import CHECKPOINTS, PREPARED, RESULTS, TOKENIZERS, tokenizer_stats
 from dept_core.run import export_all, run_key, train_variant
 from dept_core.trainer import MetricsSink
 from tasks.common import NO_CACHE
+from tasks.tracking import MlflowSink, mlflow_run
 
 
 def round_line(record: dict, rounds: int) -> str:
@@ -26,9 +28,24 @@ def round_line(record: dict, rounds: int) -> str:
 
 
 @task(name="pretrain", task_run_name="pretrain-{variant}", **NO_CACHE)
-def pretrain_task(cfg: Config, variant: str, root: Path, sink: MetricsSink | None = None,
+def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | None = None,
                   ) -> dict:
-    """Train (or resume) `variant`; write results/pretrain/<variant>/ atomically."""
+    """Train (or resume) `variant` as an MLflow run; write results/pretrain/<variant>/."""
+    tags = {"variant": variant, "prefect_flow_run_id": str(flow_run.get_id() or "")}
+    with mlflow_run(root, cfg, f"pretrain-{variant}", tags, parent_run_id) as (client, run_id):
+        metrics = _pretrain(cfg, variant, root, MlflowSink(client, run_id))
+        client.log_artifact(run_id, str(root / RESULTS / "pretrain" / variant / "metrics.json"))
+        client.log_artifact(run_id, str(tokenizer_stats(root)))
+        summary = {"final/val_bpb_mean": metrics["final"]["val_bpb_mean"] or float("nan"),
+                   "final/comm_bytes_total": metrics["comm"]["bytes_down_total"]
+                   + metrics["comm"]["bytes_up_total"],
+                   "final/embedding_params_mean": sum(metrics["embedding_params"].values())
+                   / max(len(metrics["embedding_params"]), 1)}
+        MlflowSink(client, run_id).log(summary, step=cfg.train.rounds)
+    return metrics
+
+
+def _pretrain(cfg: Config, variant: str, root: Path, sink: MetricsSink) -> dict:
     log = get_run_logger()
     prepared, tok_root = root / PREPARED, root / TOKENIZERS
     ckpt_dir = root / CHECKPOINTS / f"{variant}-{run_key(cfg, variant, prepared, tok_root)}"

@@ -14,18 +14,36 @@ SMOKE = "configs/smoke.yaml"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_server):
-    """A project directory that went through prepare -> tokenizers -> train (spec, std)."""
-    from flows.pretrain import pretrain_flow
-    from flows.prepare import prepare_flow
-    from flows.tokenizers import tokenizers_flow
+    """A project directory that went through the whole pipeline flow on the smoke config."""
+    from flows.pipeline import dept_pipeline
 
     root = tmp_path_factory.mktemp("flows")
     shutil.copy(SMOKE, root / "params.yaml")
-    prepare_flow(root=str(root))
-    tokenizers_flow(root=str(root))
-    for variant in ("spec", "std"):
-        pretrain_flow(variant=variant, root=str(root))
+    dept_pipeline(root=str(root))
     return root
+
+
+def test_mlflow_holds_a_child_run_per_variant_with_round_metrics(project):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    exp = client.get_experiment_by_name("dept")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.info.run_name == "pipeline"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    children = {r.data.tags["variant"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    assert set(children) == {"glob", "trim", "spec", "spec_opt", "std"}
+    for variant, run in children.items():
+        assert run.data.params["train.rounds"] == "2" and run.data.tags["git_commit"]
+        for key in ("val_bpb_mean", "comm/bytes_up", "comm/cumulative_bytes"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], (variant, key)
+        assert run.data.metrics["final/val_bpb_mean"] > 0
+        assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["prepared"]
+    spec = client.get_metric_history(children["spec"].info.run_id, "comm/cumulative_bytes")
+    glob = client.get_metric_history(children["glob"].info.run_id, "comm/cumulative_bytes")
+    assert spec[-1].value < glob[-1].value
 
 
 def test_stage_outputs(project):
@@ -34,7 +52,7 @@ def test_stage_outputs(project):
     stats = json.loads((project / "results/tokenizers/stats.json").read_text())
     assert all(e["vocab_size"] < stats["global"]["vocab_size"]
                for e in stats["subvocab"].values())
-    for variant in ("spec", "std"):
+    for variant in ("glob", "trim", "spec", "spec_opt", "std"):
         m = json.loads((project / f"results/pretrain/{variant}/metrics.json").read_text())
         for key in ("rounds", "sources", "body_params", "embedding_params", "comm"):
             assert key in m

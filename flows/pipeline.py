@@ -1,0 +1,44 @@
+"""dept_pipeline: prepare -> tokenizers -> pretrain every variant, one MLflow parent run.
+
+    python -m flows.pipeline [--params params.yaml] [--set key=value ...]
+
+Variants run one after another: on a 2-core machine each already uses both cores. Every
+variant's MLflow run is a child of the pipeline's run, so the UI compares them side by side.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.common import load
+from flows.prepare import prepare_flow
+from flows.tokenizers import tokenizers_flow
+from tasks.tracking import mlflow_run
+from tasks.train import pretrain_task
+
+
+@flow(name="dept_pipeline")
+def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = None,
+                  root: str | None = None) -> dict:
+    cfg, root_path = load(params, overrides, root)
+    prepare_flow(params, overrides, str(root_path))
+    tokenizers_flow(params, overrides, str(root_path))
+    results = {}
+    with mlflow_run(root_path, cfg, "pipeline", {"variants": ",".join(cfg.train.variants)}
+                    ) as (_, parent_id):
+        for variant in cfg.train.variants:
+            results[variant] = pretrain_task(cfg, variant, root_path, parent_id)
+    log = get_run_logger()
+    for v, m in results.items():
+        log.info("%-8s mean val bits/byte %.4f | comm %.1f MB", v,
+                 m["final"]["val_bpb_mean"] or float("nan"),
+                 (m["comm"]["bytes_down_total"] + m["comm"]["bytes_up_total"]) / 1e6)
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows.cli import main
+
+    main(["run", *sys.argv[1:]])
