@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip prints one warning per package for this machine's unused local index dirs: hide them.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install test demo clean-results
+.PHONY: install test demo ui
 
 install: $(STAMP)
 
@@ -27,3 +27,6 @@ test: install
 
 demo: install
 	HF_HUB_OFFLINE=1 PATH="$(BIN):$$PATH" dvc repro
+
+ui: install
+	PATH="$(BIN):$$PATH" dept ui

@@ -23,6 +23,9 @@ stages (each also a DVC stage; `dvc repro` runs them in order):
   prepare      read, clean, de-duplicate and split the sources  -> data/prepared/
   tokenizers   SentencePiece: global, per-source, sub-vocabularies -> data/tokenizers/
   train        DEPT rounds for one variant              -> results/pretrain/<variant>/
+  compare      the variants side by side                -> results/compare/
+  ui           the MLflow UI on 127.0.0.1:5000
+  serve        dept_pipeline as a scheduled Prefect deployment (flow.serve)
 
 examples:
   dept prepare
@@ -48,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
                        ("prepare", "read, clean and split the data sources"),
                        ("tokenizers", "train the SentencePiece tokenizers")]:
         _common(sub.add_parser(name, help=text, description=text))
+    _common(sub.add_parser("compare", help="the variants side by side (table, plots)",
+                           description="Summarise results/pretrain/*/metrics.json into "
+                                       "results/compare/ and print the table."))
+    ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1",
+                        description="Serve the project's MLflow store (mlflow.db) on 127.0.0.1.")
+    ui.add_argument("--port", type=int, default=5000)
+    sv = sub.add_parser("serve", help="serve dept_pipeline as a scheduled Prefect deployment",
+                        description="Register dept_pipeline as a Prefect deployment with a "
+                                    "cron schedule and run its runs here until stopped "
+                                    "(needs PREFECT_API_URL pointing at a running server, "
+                                    "e.g. `prefect server start --host 127.0.0.1`).")
+    sv.add_argument("--name", default="nightly", help="deployment name (nightly)")
+    sv.add_argument("--cron", default="0 2 * * *", help="schedule, UTC (0 2 * * *)")
+    _common(sv)
     p = sub.add_parser("train", help="pre-train one variant (resumes if interrupted)",
                        description="Pre-train one variant: glob, trim, spec, spec_opt (DEPT) "
                                    "or std (the centralised baseline).")
@@ -77,14 +94,26 @@ def _quiet_user_errors() -> None:
 
 
 def _run(args: argparse.Namespace) -> object:
+    if args.command == "ui":
+        return _ui(args.port)
     from flows.common import load
 
     load(args.params, args.overrides)  # validate before a Prefect server is started
     _quiet_user_errors()
+    if args.command == "serve":
+        from flows.pipeline import serve
+
+        return serve(args.name, args.cron, args.params, args.overrides)
     if args.command == "run":
         from flows.pipeline import dept_pipeline
 
-        return dept_pipeline(params=args.params, overrides=args.overrides)
+        dept_pipeline(params=args.params, overrides=args.overrides)
+        return _print_comparison()
+    if args.command == "compare":
+        from flows.compare import compare_flow
+
+        compare_flow(params=args.params, overrides=args.overrides)
+        return _print_comparison()
     if args.command == "prepare":
         from flows.prepare import prepare_flow
 
@@ -99,6 +128,26 @@ def _run(args: argparse.Namespace) -> object:
         return pretrain_flow(variant=args.variant, params=args.params,
                              overrides=args.overrides)
     raise AssertionError(args.command)
+
+
+def _print_comparison() -> None:
+    from dept_core.layout import RESULTS
+
+    print((Path.cwd() / RESULTS / "compare" / "summary.md").read_text())
+    print("Open the MLflow UI to compare the runs:  dept ui   (or: make ui)  "
+          "then browse http://127.0.0.1:5000")
+
+
+def _ui(port: int) -> None:
+    import os
+    import subprocess
+
+    from tasks.tracking import tracking_uri
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    print(f"MLflow UI on http://127.0.0.1:{port}  (store: {tracking_uri(Path.cwd())})")
+    subprocess.run(["mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                    "--backend-store-uri", tracking_uri(Path.cwd())], env=env, check=False)
 
 
 def main(argv: list[str] | None = None) -> None:

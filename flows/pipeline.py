@@ -1,4 +1,4 @@
-"""dept_pipeline: prepare -> tokenizers -> pretrain every variant, one MLflow parent run.
+"""dept_pipeline: prepare -> tokenizers -> pretrain every variant -> compare.
 
     python -m flows.pipeline [--params params.yaml] [--set key=value ...]
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import load
+from flows.compare import compare_flow
 from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
 from tasks.tracking import mlflow_run
@@ -28,12 +29,24 @@ def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = Non
                     ) as (_, parent_id):
         for variant in cfg.train.variants:
             results[variant] = pretrain_task(cfg, variant, root_path, parent_id)
-    log = get_run_logger()
-    for v, m in results.items():
-        log.info("%-8s mean val bits/byte %.4f | comm %.1f MB", v,
-                 m["final"]["val_bpb_mean"] or float("nan"),
-                 (m["comm"]["bytes_down_total"] + m["comm"]["bytes_up_total"]) / 1e6)
+    compare_flow(params, overrides, str(root_path))
+    get_run_logger().info("done: %s", ", ".join(results))
     return results
+
+
+def serve(name: str, cron: str, params: str = "params.yaml",
+          overrides: list[str] | None = None) -> None:
+    """Register the deployment `dept_pipeline/<name>` on a cron schedule (UTC) and execute
+    its runs in this process until interrupted."""
+    from pathlib import Path
+
+    root = Path.cwd()
+    dept_pipeline.serve(
+        name=name, cron=cron, parameters={"params": str((root / params).resolve()),
+                                          "overrides": overrides or [], "root": str(root)},
+        description="DEPT: prepare -> tokenizers -> every variant -> compare",
+        tags=["dept"],
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""The comparison of variants: a summary table (JSON + Markdown) and per-round curves.
+
+Input: each variant's `metrics.json` (written by the pretrain stage). Bits per UTF-8 byte is
+the headline number because it is comparable across tokenizers (SPEC-OPT has its own).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+ORDER = ("std", "glob", "trim", "spec", "spec_opt")
+
+
+def _bpb(val: dict) -> dict[str, float]:
+    return {k: v["bpb"] for k, v in val.items()}
+
+
+def summarise(metrics: dict[str, dict]) -> dict:
+    """Per variant: mean and per-source validation bits/byte, improvement over STD,
+    communication bytes and embedding memory."""
+    variants = [v for v in ORDER if v in metrics] + [v for v in metrics if v not in ORDER]
+    std = metrics.get("std", {}).get("final", {}).get("val_bpb_mean")
+    rows = {}
+    for v in variants:
+        m = metrics[v]
+        mean = m["final"]["val_bpb_mean"]
+        emb = m["memory"]["embedding_bytes"]
+        rows[v] = {
+            "val_bpb_mean": mean,
+            "val_bpb": _bpb(m["final"]["val"]),
+            "improvement_over_std_pct": (100 * (std - mean) / std) if std and mean else None,
+            "comm_bytes": m["comm"]["bytes_down_total"] + m["comm"]["bytes_up_total"],
+            "embedding_bytes_per_source": sum(emb.values()) / max(len(emb), 1),
+            "body_bytes": m["memory"]["body_bytes"],
+        }
+    best = min((r["val_bpb_mean"], v) for v, r in rows.items() if r["val_bpb_mean"])[1]
+    sources = sorted({s for r in rows.values() for s in r["val_bpb"]})
+    winners = {s: min((r["val_bpb"].get(s, float("inf")), v) for v, r in rows.items())[1]
+               for s in sources}
+    return {"variants": rows, "best_mean": best, "best_per_source": winners,
+            "sources": sources}
+
+
+def markdown(summary: dict) -> str:
+    srcs = summary["sources"]
+    head = ["variant", "mean bits/byte", "vs STD", *srcs, "comm MB", "emb. MB/source"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, r in summary["variants"].items():
+        imp = r["improvement_over_std_pct"]
+        cells = [v, f"{r['val_bpb_mean']:.4f}", "—" if imp is None else f"{imp:+.1f} %",
+                 *[f"{r['val_bpb'][s]:.3f}" if s in r["val_bpb"] else "—" for s in srcs],
+                 f"{r['comm_bytes'] / 1e6:.1f}", f"{r['embedding_bytes_per_source'] / 1e6:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    wins = ", ".join(f"{s}: {v}" for s, v in summary["best_per_source"].items())
+    lines += ["", f"Lowest mean validation bits/byte: **{summary['best_mean']}**. "
+              f"Best per source: {wins}.",
+              "Bits per UTF-8 byte is comparable across tokenizers; lower is better. "
+              "Communication counts every byte sent between sources and server (STD: the "
+              "equivalent data-parallel all-reduce)."]
+    return "\n".join(lines) + "\n"
+
+
+def curves_csv(metrics: dict[str, dict]) -> str:
+    """round, variant, val_bpb_mean, cumulative_comm_bytes — one row per variant and round."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["round", "variant", "val_bpb_mean", "cumulative_comm_bytes"])
+    for v, m in metrics.items():
+        total = 0
+        for r in m["history"]:
+            total += r["comm"]["down"] + r["comm"]["up"]
+            if r.get("val"):
+                mean = sum(x["bpb"] for x in r["val"].values()) / len(r["val"])
+                w.writerow([r["round"], v, f"{mean:.6f}", total])
+    return buf.getvalue()
+
+
+def wide_csv(metrics: dict[str, dict], column: str) -> str:
+    """One row per round, one column per variant (the form DVC plots draws as lines)."""
+    rows = list(csv.DictReader(io.StringIO(curves_csv(metrics))))
+    variants = list(metrics)
+    by_round: dict[int, dict[str, str]] = {}
+    for r in rows:
+        by_round.setdefault(int(r["round"]), {})[r["variant"]] = r[column]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["round", *variants])
+    for rnd in sorted(by_round):
+        w.writerow([rnd, *[by_round[rnd].get(v, "") for v in variants]])
+    return buf.getvalue()
+
+
+def plot(metrics: dict[str, dict], out_dir: Path) -> list[Path]:
+    """PNG plots: validation bits/byte per round, and against cumulative communication."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(io.StringIO(curves_csv(metrics))))
+    paths = []
+    for x, name, label in [("round", "bpb_per_round.png", "round"),
+                           ("cumulative_comm_bytes", "bpb_vs_comm.png",
+                            "cumulative communication (bytes)")]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for v in metrics:
+            pts = [(float(r[x]), float(r["val_bpb_mean"])) for r in rows if r["variant"] == v]
+            ax.plot(*zip(*pts), marker="o", label=v)
+        if x != "round":
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation bits per byte (mean over sources)")
+        ax.legend()
+        fig.tight_layout()
+        path = Path(out_dir) / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
