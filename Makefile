@@ -26,7 +26,7 @@ test: install
 	HF_HUB_OFFLINE=1 PATH="$(BIN):$$PATH" $(PY) -m pytest -q
 
 demo: install
-	HF_HUB_OFFLINE=1 PATH="$(BIN):$$PATH" dvc repro
+	HF_HUB_OFFLINE=1 PATH="$(BIN):$$PATH" scripts/with_prefect_server.sh dvc repro
 
 ui: install
 	PATH="$(BIN):$$PATH" dept ui

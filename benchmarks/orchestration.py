@@ -1,0 +1,97 @@
+"""Orchestration overhead of the pipeline: Prefect + MLflow + DVC as a share of wall time.
+
+    python benchmarks/orchestration.py [--params configs/smoke.yaml] [--skip-dvc]
+
+Runs the same pipeline three ways, side by side, in fresh copies of the project:
+  compute  the dept_core functions called directly in one process (no orchestration);
+  dept run the Prefect pipeline flow in one process (temporary Prefect server, MLflow runs);
+  dvc      `dvc repro` (one process per stage), with one shared Prefect server as
+           `make demo` runs it, and with a temporary server per stage.
+Overhead = (wall − compute) / wall. Prints a table; figures go in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COMPUTE = r"""
+import sys, time
+from pathlib import Path
+from dept_core.config import load_config
+from dept_core.data import prepare, write_prepared, read_split
+from dept_core import tokenizers as tk, report
+from dept_core.run import train_variant, export_all
+root = Path.cwd(); cfg = load_config("params.yaml")
+t = time.perf_counter()
+write_prepared(prepare(cfg, root), root / "data/prepared", set(cfg.data.heldout_sources))
+names = [s.name for s in cfg.data.sources]
+train = {n: read_split(root / "data/prepared", n, "train") for n in names}
+val = {n: read_split(root / "data/prepared", n, "val") for n in names}
+g, per = tk.plan(cfg, train)
+tk.assemble(cfg, train, val, tk.train_sentencepiece(g),
+            {n: tk.train_sentencepiece(s) for n, s in per.items()}, root / "data/tokenizers")
+metrics = {}
+for v in cfg.train.variants:
+    res, data = train_variant(cfg, v, root / "data/prepared", root / "data/tokenizers", None)
+    export_all(cfg, res, data, root / "data/tokenizers", root / "results/pretrain" / v)
+    metrics[v] = res.metrics
+report.plot(metrics, root)
+print(f"COMPUTE_SECONDS {time.perf_counter() - t:.3f}")
+"""
+
+
+def fresh_copy(params: Path) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="dept-bench-"))
+    subprocess.run(["git", "clone", "-q", str(REPO), str(d / "p")], check=True)
+    shutil.copy(params, d / "p" / "params.yaml")
+    return d / "p"
+
+
+def timed(cmd: list[str], cwd: Path, env: dict) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(REPO / "configs/smoke.yaml"))
+    ap.add_argument("--skip-dvc", action="store_true")
+    args = ap.parse_args()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+           "HF_HUB_OFFLINE": "1"}
+    rows = []
+    d = fresh_copy(Path(args.params))
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", COMPUTE], cwd=d, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    wall_compute = time.perf_counter() - t
+    compute = float(out.split("COMPUTE_SECONDS")[1])
+    rows.append(("compute only (one process, incl. imports)", wall_compute))
+    rows.append(("dept run (Prefect flow + MLflow)",
+                 timed([sys.executable, "-m", "flows.cli", "run"], fresh_copy(Path(args.params)),
+                       env)))
+    if not args.skip_dvc:
+        rows.append(("dvc repro, one shared Prefect server (make demo)",
+                     timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
+                           fresh_copy(Path(args.params)), env)))
+        rows.append(("dvc repro, a temporary server per stage",
+                     timed(["dvc", "repro"], fresh_copy(Path(args.params)), env)))
+    print(f"params: {args.params}   compute (core functions only): {compute:.1f} s")
+    print(f"{'how':45s} {'wall s':>8s} {'overhead':>9s}")
+    for name, wall in rows:
+        print(f"{name:45s} {wall:8.1f} {100 * (wall - compute) / wall:8.1f} %")
+
+
+if __name__ == "__main__":
+    main()

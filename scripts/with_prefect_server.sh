@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run a command with one local Prefect server shared by all its processes (each DVC stage is a
+# process; without this each would start and stop a temporary server: ~8-12 s per stage).
+#   scripts/with_prefect_server.sh dvc repro
+# If PREFECT_API_URL is already set, the command just runs against that server.
+set -euo pipefail
+if [ -n "${PREFECT_API_URL:-}" ]; then exec "$@"; fi
+export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$PREFECT_HOME"
+prefect server start --host 127.0.0.1 --port "$port" > "$PREFECT_HOME/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 240); do
+  if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/api/health', timeout=2)" 2>/dev/null; then
+    break
+  fi
+  kill -0 $server 2>/dev/null || { echo "prefect server failed; see $PREFECT_HOME/server.log" >&2; exit 1; }
+  sleep 0.5
+done
+export PREFECT_API_URL="http://127.0.0.1:$port/api"
+echo "Prefect server (UI and API) at http://127.0.0.1:$port for this run" >&2
+"$@"
