@@ -17,7 +17,7 @@ def _bpb(val: dict) -> dict[str, float]:
     return {k: v["bpb"] for k, v in val.items()}
 
 
-def summarise(metrics: dict[str, dict]) -> dict:
+def summarise(metrics: dict[str, dict], tests: dict[str, dict] | None = None) -> dict:
     """Per variant: mean and per-source validation bits/byte, improvement over STD,
     communication bytes and embedding memory."""
     variants = [v for v in ORDER if v in metrics] + [v for v in metrics if v not in ORDER]
@@ -42,6 +42,10 @@ def summarise(metrics: dict[str, dict]) -> dict:
             "comm_bytes": m["comm"]["bytes_down_total"] + m["comm"]["bytes_up_total"],
             "embedding_bytes_per_source": sum(emb.values()) / max(len(emb), 1),
             "body_bytes": m["memory"]["body_bytes"],
+            "test_bpb_in_distribution": (tests or {}).get(v, {}).get(
+                "in_distribution_bpb_mean"),
+            "test_bpb_out_of_distribution": (tests or {}).get(v, {}).get(
+                "out_of_distribution_bpb_mean"),
         }
     best = min((r["val_bpb_mean"], v) for v, r in rows.items() if r["val_bpb_mean"])[1]
     sources = sorted({s for r in rows.values() for s in r["val_bpb"]})
@@ -53,18 +57,24 @@ def summarise(metrics: dict[str, dict]) -> dict:
 
 def markdown(summary: dict) -> str:
     srcs = summary["sources"]
-    head = ["variant", "mean bits/byte", "vs STD", *srcs, "comm MB", "emb. MB/source"]
+    head = ["variant", "mean bits/byte", "vs STD", *srcs, "test ID", "test OOD", "comm MB",
+            "emb. MB/source"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, r in summary["variants"].items():
         imp = r["improvement_over_std_pct"]
         cells = [v, f"{r['val_bpb_mean']:.4f}", "—" if imp is None else f"{imp:+.1f} %",
                  *[f"{r['val_bpb'][s]:.3f}" if s in r["val_bpb"] else "—" for s in srcs],
+                 *[f"{r[k]:.3f}" if r.get(k) is not None else "—"
+                   for k in ("test_bpb_in_distribution", "test_bpb_out_of_distribution")],
                  f"{r['comm_bytes'] / 1e6:.1f}", f"{r['embedding_bytes_per_source'] / 1e6:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     wins = ", ".join(f"{s}: {v}" for s, v in summary["best_per_source"].items())
     lines += ["", f"Means over {', '.join(summary['mean_over'])} (evaluated by every variant). "
               f"Lowest mean validation bits/byte: **{summary['best_mean']}**. "
               f"Best per source: {wins}.",
+              "Columns per source: validation bits/byte at the last round. Test ID/OOD: mean "
+              "test-split bits/byte of the exported models, in distribution and on the held-out "
+              "sources (global model only: SPEC/SPEC-OPT have none). "
               "Bits per UTF-8 byte is comparable across tokenizers; lower is better. "
               "Communication counts every byte sent between sources and server (STD: the "
               "equivalent data-parallel all-reduce)."]

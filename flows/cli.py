@@ -23,6 +23,7 @@ stages (each also a DVC stage; `dvc repro` runs them in order):
   prepare      read, clean, de-duplicate and split the sources  -> data/prepared/
   tokenizers   SentencePiece: global, per-source, sub-vocabularies -> data/tokenizers/
   train        DEPT rounds for one variant              -> results/pretrain/<variant>/
+  evaluate     test-split bits/byte of one variant       -> results/evaluate/<variant>/
   compare      the variants side by side                -> results/compare/
   ui           the MLflow UI on 127.0.0.1:5000
   serve        dept_pipeline as a scheduled Prefect deployment (flow.serve)
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or std (the centralised baseline).")
     p.add_argument("--variant", required=True, choices=VARIANTS)
     _common(p)
+    ev = sub.add_parser("evaluate", help="test-split bits/byte of a variant's models",
+                        description="Evaluate a variant's exported models on the test splits "
+                                    "(in distribution; held-out sources with the global model).")
+    ev.add_argument("--variant", required=True, choices=VARIANTS)
+    _common(ev)
     return parser
 
 
@@ -122,6 +128,11 @@ def _run(args: argparse.Namespace) -> object:
         from flows.tokenizers import tokenizers_flow
 
         return tokenizers_flow(params=args.params, overrides=args.overrides)
+    if args.command == "evaluate":
+        from flows.evaluate import evaluate_flow
+
+        return evaluate_flow(variant=args.variant, params=args.params,
+                             overrides=args.overrides)
     if args.command == "train":
         from flows.pretrain import pretrain_flow
 

@@ -26,7 +26,12 @@ def compare_task(root, variants: list[str]) -> dict:
         if not path.is_file():
             raise DataError(f"{path}: missing — run `dept train --variant {v}` first")
         metrics[v] = json.loads(path.read_text())
-    summary = report.summarise(metrics)
+    tests = {}
+    for v in variants:
+        path = root / RESULTS / "evaluate" / v / "metrics.json"
+        if path.is_file():
+            tests[v] = json.loads(path.read_text())
+    summary = report.summarise(metrics, tests)
     out = root / RESULTS / "compare"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "plots") as tmp:

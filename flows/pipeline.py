@@ -1,4 +1,4 @@
-"""dept_pipeline: prepare -> tokenizers -> pretrain every variant -> compare.
+"""dept_pipeline: prepare -> tokenizers -> pretrain + evaluate every variant -> compare.
 
     python -m flows.pipeline [--params params.yaml] [--set key=value ...]
 
@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import load
 from flows.compare import compare_flow
+from flows.evaluate import evaluate_task
 from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
 from tasks.tracking import mlflow_run
@@ -29,6 +30,7 @@ def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = Non
                     ) as (_, parent_id):
         for variant in cfg.train.variants:
             results[variant] = pretrain_task(cfg, variant, root_path, parent_id)
+            evaluate_task(cfg, variant, root_path)
     compare_flow(params, overrides, str(root_path))
     get_run_logger().info("done: %s", ", ".join(results))
     return results

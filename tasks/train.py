@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
+from tqdm.auto import tqdm
 
 from dept_core.atomic import atomic_dir, write_json
 from dept_core.config import Config
@@ -51,10 +53,20 @@ def _pretrain(cfg: Config, variant: str, root: Path, sink: MetricsSink) -> dict:
     ckpt_dir = root / CHECKPOINTS / f"{variant}-{run_key(cfg, variant, prepared, tok_root)}"
     if (ckpt_dir / "latest.json").is_file():
         log.info("resuming %s from %s", variant, ckpt_dir)
-    result, data = train_variant(
-        cfg, variant, prepared, tok_root, ckpt_dir, sink,
-        on_round=lambda r: log.info("%s %s", variant, round_line(r, cfg.train.rounds)),
-    )
+    # A terminal progress bar over the rounds (only on a terminal; logs carry the same).
+    bar = tqdm(total=cfg.train.rounds, desc=f"pretrain {variant}", unit="round",
+               disable=not sys.stderr.isatty(), leave=False)
+
+    def on_round(record: dict) -> None:
+        log.info("%s %s", variant, round_line(record, cfg.train.rounds))
+        bar.n = record["round"]
+        bar.set_postfix(tok_s=f"{record['tokens_per_s']:.0f}")
+
+    try:
+        result, data = train_variant(cfg, variant, prepared, tok_root, ckpt_dir, sink,
+                                     on_round=on_round)
+    finally:
+        bar.close()
     out = root / RESULTS / "pretrain" / variant
     with atomic_dir(out / "models") as tmp:
         export_all(cfg, result, data, tok_root, tmp)

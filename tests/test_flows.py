@@ -59,6 +59,12 @@ def test_stage_outputs(project):
         for key in ("bytes_down_total", "bytes_up_total", "components", "per_round"):
             assert key in m["comm"]
         assert len(m["comm"]["per_round"]) == m["rounds"] == 2
+    for variant in ("glob", "std", "spec"):
+        ev = json.loads((project / f"results/evaluate/{variant}/metrics.json").read_text())
+        assert ev["in_distribution"] and ev["in_distribution_bpb_mean"] > 0
+        assert set(ev["out_of_distribution"]) == (set() if variant == "spec" else {"es"})
+    summary = (project / "results/compare/summary.md").read_text()
+    assert summary.startswith("| variant | mean bits/byte | vs STD |") and "| std |" in summary
     models = project / "results/pretrain/spec/models"
     assert {p.name for p in models.iterdir()} <= {"en", "de", "ja"}
     assert (project / "results/pretrain/std/models/global/model.safetensors").is_file()

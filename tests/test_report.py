@@ -21,6 +21,6 @@ def test_summary_compares_like_with_like_and_names_winners():
     assert s["variants"]["spec"]["comm_bytes"] == 20
     assert s["best_mean"] == "spec" and s["best_per_source"] == {"a": "spec", "b": "std"}
     md = report.markdown(s)
-    assert "| spec | 1.0000 | +50.0 % | 1.000 | — |" in md
+    assert "| spec | 1.0000 | +50.0 % | 1.000 | — | — | — |" in md
     assert report.wide_csv(metrics, "val_bpb_mean").splitlines() == [
         "round,std,spec", "1,3.000000,1.000000"]
