@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from dept_core.layout import RESULTS
 from flows.common import load
 from flows.compare import compare_flow
 from flows.evaluate import evaluate_task
@@ -27,11 +28,15 @@ def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = Non
     tokenizers_flow(params, overrides, str(root_path))
     results = {}
     with mlflow_run(root_path, cfg, "pipeline", {"variants": ",".join(cfg.train.variants)}
-                    ) as (_, parent_id):
+                    ) as (client, parent_id):
         for variant in cfg.train.variants:
             results[variant] = pretrain_task(cfg, variant, root_path, parent_id)
             evaluate_task(cfg, variant, root_path)
-    compare_flow(params, overrides, str(root_path))
+        compare_flow(params, overrides, str(root_path))
+        out = root_path / RESULTS / "compare"
+        for name in ("summary.md", "summary.json", "curves.csv"):
+            client.log_artifact(parent_id, str(out / name), "compare")
+        client.log_artifacts(parent_id, str(out / "plots"), "compare/plots")
     get_run_logger().info("done: %s", ", ".join(results))
     return results
 

@@ -38,6 +38,8 @@ def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | No
         metrics = _pretrain(cfg, variant, root, MlflowSink(client, run_id))
         client.log_artifact(run_id, str(root / RESULTS / "pretrain" / variant / "metrics.json"))
         client.log_artifact(run_id, str(tokenizer_stats(root)))
+        client.log_artifacts(run_id, str(root / RESULTS / "pretrain" / variant / "models"),
+                             "models")
         summary = {"final/val_bpb_mean": metrics["final"]["val_bpb_mean"] or float("nan"),
                    "final/comm_bytes_total": metrics["comm"]["bytes_down_total"]
                    + metrics["comm"]["bytes_up_total"],

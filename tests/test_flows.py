@@ -41,6 +41,10 @@ def test_mlflow_holds_a_child_run_per_variant_with_round_metrics(project):
             assert [m.step for m in history] == [1, 2], (variant, key)
         assert run.data.metrics["final/val_bpb_mean"] > 0
         assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["prepared"]
+    arts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "compare")}
+    assert {"compare/summary.md", "compare/plots"} <= arts
+    models = {a.path for a in client.list_artifacts(children["glob"].info.run_id, "models")}
+    assert "models/global" in models
     spec = client.get_metric_history(children["spec"].info.run_id, "comm/cumulative_bytes")
     glob = client.get_metric_history(children["glob"].info.run_id, "comm/cumulative_bytes")
     assert spec[-1].value < glob[-1].value
