@@ -151,3 +151,36 @@ def test_untied_output_head_is_part_of_the_bank(tokenized_root, tiny_raw):
     assert comps["head"] == comps["tok"]              # head rows travel like token rows
     for src, bank in trim.banks.items():
         assert bank["head"].shape == bank["tok"].shape == (data[src].vocab_size, 64)
+
+
+def test_pipeline_bits_per_byte_equals_plain_transformers(trained, tokenized_root, tiny_cfg,
+                                                          tmp_path):
+    """bits/byte of an exported model on a text = mean token loss × tokens / (ln 2 × bytes),
+    computed independently with plain transformers (one forward pass with `labels`)."""
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dept_core.data import read_split
+    from dept_core.evaluate import evaluate_model_dir
+
+    result, data = trained["spec"]
+    model_dir = export_all(tiny_cfg, result, data, tokenized_root / TOKENIZERS, tmp_path)[0]
+    src = model_dir.name
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    text = read_split(tokenized_root / PREPARED, src, "test")[0]
+    while len(tok(text, add_special_tokens=False)["input_ids"]) > 60:  # fits one window
+        text = text[: int(len(text) * 0.8)].rstrip()
+    prepared = tmp_path / "prepared"
+    (prepared / src).mkdir(parents=True)
+    (prepared / src / "test.jsonl").write_text(json.dumps({"id": "t", "text": text}) + "\n")
+    ours = evaluate_model_dir(model_dir, prepared, src, "test", seq_len=64)
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+    ids = [tok.eos_token_id] + tok(text, add_special_tokens=False)["input_ids"] + \
+        [tok.eos_token_id]            # a document between boundary tokens, as in evaluation
+    assert len(ids) <= 65             # one window: the same context for both computations
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    plain = loss * (len(ids) - 1) / (math.log(2) * len(text.encode("utf-8")))
+    assert ours["bpb"] == pytest.approx(plain, rel=0.01)
