@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -9,6 +10,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from dept_core import faults
+from dept_core.errors import DeptError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -24,12 +28,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_beside(path: Path, make):
+    """`make(prefix=, suffix=, dir=)` in path's directory; an unwritable one is bad input."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
+                             errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DeptError(f"cannot write {path}: {exc.strerror} "
+                        f"({exc.filename or path.parent}); the output directory must be "
+                        f"writable") from None
+
+
 @contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path, tempfile.mkstemp)
     kwargs = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
@@ -61,12 +78,13 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     `.name.*.tmp`/`.old` sibling that the next run removes).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(_temp_beside(path, tempfile.mkdtemp))
     for stray in path.parent.glob(f".{path.name}.*.tmp"):
-        shutil.rmtree(stray, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        if stray != tmp:
+            shutil.rmtree(stray, ignore_errors=True)
     try:
         yield tmp
+        faults.point(f"commit:{path.name}")
         old = path.parent / f".{path.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
+from dept_core import faults
 from dept_core.atomic import atomic_file, write_json
 from dept_core.errors import DeptError
 
@@ -29,8 +30,11 @@ def save(ckpt_dir: Path, rnd: int, tensors: dict[str, Tensor], meta: dict, keep:
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_file(ckpt_dir / f"{_stem(rnd)}.safetensors", "wb") as fh:
         fh.write(safetensors_bytes(flat))
+    faults.point("checkpoint-write")
     write_json(ckpt_dir / f"{_stem(rnd)}.json", meta)
     write_json(ckpt_dir / "latest.json", {"round": rnd})
+    for stray in ckpt_dir.glob(".round-*.tmp"):  # left by a process killed mid-write
+        stray.unlink(missing_ok=True)
     finished = sorted(ckpt_dir.glob("round-*.json"))
     for old in finished[:-keep]:
         old.unlink(missing_ok=True)
@@ -42,15 +46,21 @@ def load_latest(ckpt_dir: Path) -> tuple[int, dict[str, Tensor], dict] | None:
     pointer = Path(ckpt_dir) / "latest.json"
     if not pointer.is_file():
         return None
+    current = pointer
     try:
         rnd = int(json.loads(pointer.read_text())["round"])
-        stem = Path(ckpt_dir) / _stem(rnd)
-        meta = json.loads(stem.with_suffix(".json").read_text())
-        tensors = load_file(str(stem.with_suffix(".safetensors")))
-    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        current = Path(ckpt_dir) / f"{_stem(rnd)}.json"
+        meta = json.loads(current.read_text())
+        current = current.with_suffix(".safetensors")
+        tensors = load_file(str(current))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        # Files are renamed into place only once complete, so this is damage from outside
+        # (disk, copy, a hand edit): say which file, and how to start this run afresh.
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise DeptError(
-            f"checkpoint {ckpt_dir} is unreadable ({type(exc).__name__}: {exc}); "
-            f"delete the directory to start the run afresh"
+            f"checkpoint file {current} is corrupt or unreadable ({type(exc).__name__}: "
+            f"{reason}); to recover, delete {ckpt_dir} and run again (the run restarts "
+            f"from round 1)"
         ) from None
     return rnd, tensors, meta
 

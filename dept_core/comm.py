@@ -33,9 +33,12 @@ class CommLedger:
         out["sources"], out["components"] = dict(out["sources"]), dict(out["components"])
         return out
 
-    def totals(self) -> dict:
+    def totals(self, upto: int | None = None) -> dict:
+        """Bytes over every round (or over rounds <= `upto`), per direction and component."""
         comps: dict = defaultdict(lambda: {"down": 0, "up": 0})
-        for _, _, direction, comp, n in self.records:
+        for r, _, direction, comp, n in self.records:
+            if upto is not None and r > upto:
+                continue
             comps[comp][direction] += n
         return {
             "bytes_down_total": sum(c["down"] for c in comps.values()),

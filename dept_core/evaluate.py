@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from dept_core.batches import eval_windows
+from dept_core.export import check_model_dir
 from dept_core.sourcedata import encode_split
 from dept_core.trainer import evaluate_windows
 
@@ -22,6 +23,7 @@ def evaluate_model_dir(model_dir: Path, prepared: Path, source: str, split: str,
     """Loss, perplexity and bits/byte of an exported HF model directory on a split."""
     from transformers import AutoModelForCausalLM
 
+    check_model_dir(model_dir)  # a tokenizer that does not fit the model: one clear error
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
     stream, n_bytes = encode_split(Path(model_dir), prepared, source, split, max_tokens)
     return evaluate_windows(model, eval_windows(stream, seq_len), n_bytes, torch.device("cpu"))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from dept_core import checkpoint as ck
+from dept_core import faults
 from dept_core.batches import BatchSampler, derived_seed
 from dept_core.comm import CommLedger
 from dept_core.config import Config
@@ -167,6 +168,7 @@ def run_round(model, state: RunState, cfg: Config, data: dict[str, SourceData], 
     for k in chosen:
         deltas[k], new_bank, stats[k], opts[k] = _train_source(model, state, cfg, k, rnd, device)
         state.policy.upload(rnd, k, new_bank)
+        faults.point("source-trained")
     weights = {k: (data[k].train_tokens if t.outer.weighting == "tokens" else 1.0)
                for k in chosen}
     for n, param in state.body.items():

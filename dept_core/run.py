@@ -50,6 +50,11 @@ def train_variant(cfg: Config, variant: str, prepared: Path, tok_root: Path,
 
 
 def _loop(run_one, state, cfg, ckpt_dir, save, sink, on_round):
+    # A resumed run: the sink (a new MLflow run) gets the finished rounds too, so no finished
+    # work is missing from tracking after a crash.
+    for record in state.history:
+        sink.log(flat_metrics(record, state.ledger.totals(upto=record["round"])),
+                 step=record["round"])
     for _ in range(state.done, cfg.train.rounds):
         record = run_one()
         state.history.append(record)

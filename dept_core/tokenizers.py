@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from dept_core import faults
 from dept_core.errors import DataError
 from dept_core.hf_tokenizer import export_hf_tokenizer, trim_spm_model
 
@@ -44,6 +46,7 @@ class TrainSpec:
     model_type: str = "unigram"
     character_coverage: float = 0.9995
     seed: int = 0
+    key: str = "vocab_size"  # the params.yaml key that set vocab_size (named in errors)
 
 
 def _sentences(texts: Sequence[str]):
@@ -73,12 +76,21 @@ def train_sentencepiece(spec: TrainSpec) -> bytes:
         )
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()[-1]
+        limit = re.search(r"value <= (\d+)", msg)
+        why = (f"the text supports at most {limit.group(1)} pieces" if limit
+               else msg.split("] ")[-1])
         raise DataError(
-            f"tokenizer '{spec.name}': SentencePiece cannot train a {spec.vocab_size}-piece "
-            f"{spec.model_type} vocabulary on this text ({msg}); change the vocabulary size "
-            f"(or tokenizers.character_coverage) or add text"
+            f"{spec.key}: {spec.vocab_size} is too large for tokenizer '{spec.name}' "
+            f"(trained on {_trained_on(spec.name)}): {why}; lower {spec.key}, change "
+            f"tokenizers.character_coverage or add text"
         ) from None
+    faults.point(f"spm:{spec.name}")
     return buf.getvalue()
+
+
+def _trained_on(name: str) -> str:
+    return "the training sources' mixture" if name == "global" else \
+        f"source '{name.split('/')[-1]}'"
 
 
 def load(model: bytes | Path) -> spm.SentencePieceProcessor:
@@ -195,11 +207,14 @@ def plan(cfg, train_texts: dict[str, list[str]]) -> tuple[TrainSpec, dict[str, T
                for t in capped(train_texts[name], tc.sample_bytes_per_source)]
     common = dict(model_type=tc.model_type, character_coverage=tc.character_coverage,
                   seed=cfg.seed)
-    glob_spec = TrainSpec("global", mixture, tc.global_vocab_size, **common)
+    glob_spec = TrainSpec("global", mixture, tc.global_vocab_size, **common,
+                          key="tokenizers.global_vocab_size")
     per_source = {
         name: TrainSpec(f"spec_opt/{name}", train_texts[name],
                         tc.per_source_vocab_overrides.get(name, tc.per_source_vocab_size),
-                        **common)
+                        **common, key=(f"tokenizers.per_source_vocab_overrides.{name}"
+                                       if name in tc.per_source_vocab_overrides
+                                       else "tokenizers.per_source_vocab_size"))
         for name in cfg.data.train_sources
     }
     return glob_spec, per_source

@@ -105,6 +105,10 @@ def _run(args: argparse.Namespace) -> object:
     from flows.common import load
 
     load(args.params, args.overrides)  # validate before a Prefect server is started
+    if args.command in ("run", "train", "serve"):
+        from tasks.tracking import check_tracking_uri
+
+        check_tracking_uri(Path.cwd())  # an unreachable MLflow server: fail before any work
     _quiet_user_errors()
     if args.command == "serve":
         from flows.pipeline import serve
@@ -153,10 +157,10 @@ def _ui(port: int) -> None:
     import os
     import subprocess
 
-    from tasks.tracking import tracking_uri
+    from tasks.tracking import redact, tracking_uri
 
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI on http://127.0.0.1:{port}  (store: {tracking_uri(Path.cwd())})")
+    print(f"MLflow UI on http://127.0.0.1:{port}  (store: {redact(tracking_uri(Path.cwd()))})")
     subprocess.run(["mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                     "--backend-store-uri", tracking_uri(Path.cwd())], env=env, check=False)
 

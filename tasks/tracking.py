@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
+from dept_core import faults
 from dept_core.config import Config
 from dept_core.errors import DeptError
 from dept_core.layout import PREPARED
@@ -22,6 +25,35 @@ EXPERIMENT = "dept"
 
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+def redact(uri: str) -> str:
+    """The URI as it may appear in logs and errors: no user:password@, no query string."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc and not parts.query:
+        return uri  # (urlunsplit would turn sqlite://// into sqlite://)
+    netloc = parts.netloc.rpartition("@")[2]
+    if "@" in parts.netloc:
+        netloc = "***@" + netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
+def check_tracking_uri(root: Path, timeout: float = 5.0) -> None:
+    """Fail fast (before any work) when an http(s) tracking server cannot be reached.
+
+    MLflow itself would retry with back-off for minutes, then fail after training.
+    """
+    uri = tracking_uri(root)
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout).close()
+    except OSError as exc:
+        raise DeptError(f"MLflow tracking URI {redact(uri)} is unreachable "
+                        f"({exc.strerror or exc}); start the tracking server, or fix or unset "
+                        f"MLFLOW_TRACKING_URI (default: the project's mlflow.db)") from None
 
 
 def flatten(obj, prefix: str = "") -> dict[str, str]:
@@ -62,6 +94,7 @@ class MlflowSink:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        faults.point("mlflow-log")
         for i in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
             self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
 
@@ -78,8 +111,10 @@ def mlflow_run(root: Path, cfg: Config, name: str, tags: dict[str, str],
         exp_id = exp.experiment_id if exp else client.create_experiment(
             EXPERIMENT, artifact_location=(Path(root).resolve() / "mlartifacts").as_uri())
     except Exception as exc:  # an unreachable/invalid store: say which one
-        raise DeptError(f"MLflow tracking URI {tracking_uri(root)!r} is unusable: "
-                        f"{str(exc).splitlines()[0]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        uri = tracking_uri(root)
+        raise DeptError(f"MLflow tracking URI {redact(uri)!r} is unusable: "
+                        f"{first.replace(uri, redact(uri))}") from None
     all_tags = {"git_commit": _git_commit(root), "dvc_data_digest": data_digest(root), **tags}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id

@@ -103,3 +103,48 @@ def trained(tokenized_root, tiny_cfg):
     return {v: train_variant(tiny_cfg, v, tokenized_root / PREPARED, tokenized_root / TOKENIZERS,
                              tokenized_root / CHECKPOINTS / v)
             for v in VARIANTS}
+
+
+# ------------------------------------------------- the `dept` CLI as a subprocess (issue 7) ----
+REPO = Path(__file__).resolve().parent.parent
+# The smoke config with three variants (two DEPT policies and the baseline): the reference
+# project of the bad-input matrix and the uninterrupted run the kill -9 tests compare with.
+CLI_VARIANTS = ["glob", "spec", "std"]
+
+
+def cli_params() -> dict:
+    raw = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    raw["train"]["variants"] = list(CLI_VARIANTS)
+    return raw
+
+
+def dept_cli(args: list[str], cwd: Path, env: dict, timeout: float = 600):
+    """`dept ARGS` in `cwd` (a subprocess, exactly as a user runs it)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli_env(prefect_server) -> dict:
+    """Environment for `dept` subprocesses: the session's Prefect server (no server start-up
+    per process), the repository on the path, no hub, no fault injection."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO),
+           "HF_HUB_OFFLINE": "1"}
+    for key in ("DEPT_FAULT_KILL_AT", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, cli_env) -> Path:
+    """A project that went through one uninterrupted `dept run` (read it, never modify it)."""
+    root = tmp_path_factory.mktemp("reference")
+    write_params(root, cli_params())
+    proc = dept_cli(["run"], root, cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
