@@ -107,9 +107,9 @@ def trained(tokenized_root, tiny_cfg):
 
 # ------------------------------------------------- the `dept` CLI as a subprocess (issue 7) ----
 REPO = Path(__file__).resolve().parent.parent
-# The smoke config with three variants (two DEPT policies and the baseline): the reference
+# The smoke config with two variants (a global and a per-source embedding policy): the reference
 # project of the bad-input matrix and the uninterrupted run the kill -9 tests compare with.
-CLI_VARIANTS = ["glob", "spec", "std"]
+CLI_VARIANTS = ["glob", "spec"]
 
 
 def cli_params() -> dict:
