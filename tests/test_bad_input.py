@@ -185,3 +185,57 @@ def test_bad_input(case, project, cli_env):
     assert "s3cret" not in proc.stderr + proc.stdout  # a URI's password is never printed
     assert snapshot(project) == before
 
+
+
+# ------------------------------------------------------------------- security hygiene ----
+SOURCE_DIRS = ("dept_core", "tasks", "flows", "benchmarks", "scripts")
+
+
+def _code() -> dict[str, str]:
+    repo = Path(__file__).resolve().parent.parent
+    return {str(p.relative_to(repo)): p.read_text(encoding="utf-8")
+            for d in SOURCE_DIRS for p in (repo / d).rglob("*") if p.suffix in (".py", ".sh")}
+
+
+def test_nothing_is_unpickled_and_servers_bind_localhost():
+    import re
+
+    for name, text in _code().items():
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (name, call)
+        assert not re.search(r"\bpickle\.loads?\(|\bjoblib\.load\(", text), name
+        assert "0.0.0.0" not in text, name
+        for cmd in re.findall(r"(?:prefect\", \"server\"|mlflow\", \"server\"|server start)"
+                              r"[^\n]*", text):
+            assert "127.0.0.1" in cmd, (name, cmd)
+
+
+def test_weights_on_disk_are_safetensors_only(reference_run):
+    files = [p for p in (reference_run / "results").rglob("*") if p.is_file()] + \
+        [p for p in (reference_run / "checkpoints").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+
+
+def test_no_secrets_in_mlflow_params_tags_or_errors(tmp_path, tiny_cfg, monkeypatch):
+    """Credentials in the environment or in a tracking URI never reach MLflow or a message."""
+    from mlflow.tracking import MlflowClient
+
+    from dept_core.errors import DeptError
+    from tasks.tracking import check_tracking_uri, mlflow_run, redact
+
+    secret = "s3cret-Value-42"
+    for key in ("MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+        monkeypatch.setenv(key, secret)
+    with mlflow_run(tmp_path, tiny_cfg, "probe", {"variant": "glob"}) as (client, run_id):
+        pass
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id)
+    logged = " ".join([*run.data.params.values(), *run.data.tags.values(),
+                       *run.data.params, *run.data.tags])
+    assert secret not in logged and "PASSWORD" not in logged.upper()
+    uri = f"https://bob:{secret}@127.0.0.1:{_closed_port()}/mlflow?token={secret}"
+    assert secret not in redact(uri) and redact(uri).startswith("https://***@127.0.0.1:")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(DeptError) as err:
+        check_tracking_uri(tmp_path)
+    assert secret not in str(err.value) and "unreachable" in str(err.value)
