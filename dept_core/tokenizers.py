@@ -77,12 +77,18 @@ def train_sentencepiece(spec: TrainSpec) -> bytes:
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()[-1]
         limit = re.search(r"value <= (\d+)", msg)
-        why = (f"the text supports at most {limit.group(1)} pieces" if limit
-               else msg.split("] ")[-1])
+        chars = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
+        if chars:  # more distinct characters to cover than pieces
+            what, why = "small", f"its characters alone need {chars.group(1)} pieces"
+            fix = f"raise {spec.key} or lower tokenizers.character_coverage"
+        else:
+            what = "large"
+            why = (f"the text supports at most {limit.group(1)} pieces" if limit
+                   else msg.split("] ")[-1])
+            fix = f"lower {spec.key}, change tokenizers.character_coverage or add text"
         raise DataError(
-            f"{spec.key}: {spec.vocab_size} is too large for tokenizer '{spec.name}' "
-            f"(trained on {_trained_on(spec.name)}): {why}; lower {spec.key}, change "
-            f"tokenizers.character_coverage or add text"
+            f"{spec.key}: {spec.vocab_size} is too {what} for tokenizer '{spec.name}' "
+            f"(trained on {_trained_on(spec.name)}): {why}; {fix}"
         ) from None
     faults.point(f"spm:{spec.name}")
     return buf.getvalue()
