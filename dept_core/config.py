@@ -182,6 +182,15 @@ class TrainConfig(Section):
     eval_tokens: int = Field(8192, gt=0, description="validation tokens per source")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_keep: int = Field(2, gt=0, description="finished-round checkpoints kept")
+    backend: Literal["inprocess", "torchrun"] = Field(
+        "inprocess", description="inprocess: sources one after another in this process; "
+        "torchrun: one rank per source group (dept_core.distributed; Gloo on CPU, NCCL on GPU)"
+    )
+    nproc_per_node: int = Field(2, gt=0, description="torchrun: ranks started on this node")
+    source_assignment: Literal["round_robin", "block"] = Field(
+        "round_robin", description="torchrun: source i -> rank i mod W, or contiguous blocks"
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block")
 
 
 # --------------------------------------------------------------------------------- config ----

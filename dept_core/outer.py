@@ -37,15 +37,70 @@ def masked_row_mean(
     pull it towards zero — and rows held by no sampled source get no update.
     Returns (mean Δ of shape n_rows × d, boolean mask of rows held by at least one source).
     """
-    d = deltas[0].shape[1]
-    acc = torch.zeros(n_rows, d, dtype=deltas[0].dtype)
-    wsum = torch.zeros(n_rows, dtype=deltas[0].dtype)
+    like = torch.empty(n_rows, deltas[0].shape[1], dtype=deltas[0].dtype)
+    return finish_row_mean(*masked_row_sums(deltas, rows, weights, like))
+
+
+def weighted_sum(deltas: Sequence[Tensor], weights: Sequence[float], total: float,
+                 like: Tensor) -> Tensor:
+    """Σ_k (w_k / total) Δ_k over *some* of a round's sources (zeros when there are none).
+
+    With `total` = the weight of every sampled source, the sum of these partial sums over
+    processes is `weighted_mean` over all sources, computed with the same arithmetic.
+    """
+    out = torch.zeros_like(like)
+    for delta, w in zip(deltas, weights):
+        out.add_(delta, alpha=float(w) / float(total))
+    return out
+
+
+def masked_row_sums(deltas: Sequence[Tensor], rows: Sequence[Tensor],
+                    weights: Sequence[float], like: Tensor) -> tuple[Tensor, Tensor]:
+    """TRIM's numerators and denominators: Σ_k w_k Δ_k per global row, Σ_k w_k per row."""
+    acc = torch.zeros(like.shape, dtype=like.dtype)
+    wsum = torch.zeros(like.shape[0], dtype=like.dtype)
     for delta, ids, w in zip(deltas, rows, weights):
         acc.index_add_(0, ids, delta * float(w))
         wsum.index_add_(0, ids, torch.full((len(ids),), float(w), dtype=wsum.dtype))
+    return acc, wsum
+
+
+def finish_row_mean(acc: Tensor, wsum: Tensor) -> tuple[Tensor, Tensor]:
     held = wsum > 0
     acc[held] /= wsum[held].unsqueeze(1)
     return acc, held
+
+
+class Exchange:
+    """How a round's source updates meet (the server side of Algorithm 1's aggregation).
+
+    In-process (this class) every sampled source's update is in this process, so a mean is
+    a plain weighted mean. `dept_core.distributed.CollectiveExchange` computes the same means
+    when each process holds only its own sources' updates: partial sums + all_reduce.
+    `total` is the summed weight of every source sampled this round.
+    """
+
+    rank, world_size = 0, 1
+
+    def mean(self, like: Tensor, deltas: Sequence[Tensor], weights: Sequence[float],
+             total: float) -> Tensor:
+        return weighted_mean(deltas, weights)
+
+    def means(self, params: dict[str, Tensor], deltas: Sequence[dict[str, Tensor]],
+              weights: Sequence[float], total: float) -> dict[str, Tensor]:
+        return {n: self.mean(p, [d[n] for d in deltas], weights, total)
+                for n, p in params.items()}
+
+    def row_mean(self, like: Tensor, deltas: Sequence[Tensor], rows: Sequence[Tensor],
+                 weights: Sequence[float]) -> tuple[Tensor, Tensor]:
+        return masked_row_mean(deltas, rows, weights, like.shape[0])
+
+    def gather(self, obj: object) -> list:
+        """`obj` of every process, in rank order."""
+        return [obj]
+
+
+LOCAL = Exchange()
 
 
 class OuterOptimizer:

@@ -8,7 +8,9 @@
         validate, log, checkpoint
 
 Sources run one after another in this process (the result equals running them in parallel:
-each starts from the same θ). `dept_core.distributed` runs them on separate ranks.
+each starts from the same θ). `dept_core.distributed` runs the same `run_round` on separate
+ranks: each rank trains the sampled sources it holds and an `outer.Exchange` combines the
+updates (all_reduce of partial sums) and gathers the round's records.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dept_core.config import Config
 from dept_core.errors import DeptError
 from dept_core.model import (build_model, get_bank, get_body, load_body, lr_at, nbytes, numel,
                              set_bank)
-from dept_core.outer import OuterOptimizer, weighted_mean
+from dept_core.outer import LOCAL, Exchange, OuterOptimizer
 from dept_core.sourcedata import SourceData
 from dept_core.trainer import (MemorySink, MetricsSink, all_finite, evaluate_windows,
                                local_train, make_optimizer)
@@ -49,6 +51,7 @@ class RunState:
     ledger: CommLedger
     round_rng: torch.Generator
     samplers: dict[str, BatchSampler]
+    sources: dict[str, int]  # every training source -> its train tokens (config order)
     opt_states: dict[str, dict] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     done: int = 0
@@ -62,7 +65,10 @@ class RunResult:
     global_bank: dict[str, Tensor] | None
 
 
-def _setup(cfg: Config, variant: str, data: dict[str, SourceData], global_vocab: int):
+def _setup(cfg: Config, variant: str, data: dict[str, SourceData], global_vocab: int,
+           sources: dict[str, int] | None = None):
+    """The working model and the run state for the sources in `data` (this process's share;
+    `sources` lists every training source with its train tokens, default: those in `data`)."""
     model = build_model(cfg.model, global_vocab, cfg.seed)
     policy_cls = POLICIES[variant]
     global_bank = None if variant in ("spec", "spec_opt") else get_bank(model)
@@ -78,6 +84,7 @@ def _setup(cfg: Config, variant: str, data: dict[str, SourceData], global_vocab:
         samplers={k: BatchSampler(s.train, cfg.train.seq_len, cfg.train.batch_size,
                                   derived_seed(cfg.seed, "batches", k))
                   for k, s in data.items()},
+        sources=sources or {k: s.train_tokens for k, s in data.items()},
     )
     return model, state
 
@@ -159,34 +166,60 @@ def evaluate_all(model, state: RunState, data: dict[str, SourceData], device) ->
     return out
 
 
-def run_round(model, state: RunState, cfg: Config, data: dict[str, SourceData], device
-              ) -> dict:
+def run_round(model, state: RunState, cfg: Config, data: dict[str, SourceData], device,
+              group: Exchange = LOCAL) -> dict:
+    """One round of Algorithm 1. `data` holds the sources this process trains (all of them
+    in-process, a rank's share under torchrun); `group` combines every process's updates.
+    Every process samples the same S_t (same seeded generator) and ends with the same θ."""
     rnd, t, start = state.done + 1, cfg.train, time.perf_counter()
-    names = list(data)
-    chosen = sample_sources(names, t.sources_per_round, state.round_rng)
+    chosen = sample_sources(list(state.sources), t.sources_per_round, state.round_rng)
+    mine = [k for k in chosen if k in data]
     deltas, stats, opts = {}, {}, {}
-    for k in chosen:
+    for k in mine:
         deltas[k], new_bank, stats[k], opts[k] = _train_source(model, state, cfg, k, rnd, device)
         state.policy.upload(rnd, k, new_bank)
-        faults.point("source-trained")
-    weights = {k: (data[k].train_tokens if t.outer.weighting == "tokens" else 1.0)
+        faults.point("source-trained")  # kill -9 tests: mid-round (tests/test_faults.py)
+    weights = {k: (state.sources[k] if t.outer.weighting == "tokens" else 1.0)
                for k in chosen}
+    means = group.means(state.body, [deltas[k] for k in mine], [weights[k] for k in mine],
+                        sum(weights.values()))
     for n, param in state.body.items():
-        mean = weighted_mean([deltas[k][n] for k in chosen], [weights[k] for k in chosen])
-        state.outer.step(f"body/{n}", param, mean)
-    state.policy.aggregate(weights, state.outer)
+        state.outer.step(f"body/{n}", param, means[n])
+    state.policy.aggregate(weights, state.outer, group)
     if t.inner_state == "keep":
         state.opt_states.update(opts)
+    shared = group.gather({
+        "loss": {k: s.loss for k, s in stats.items()},
+        "tokens": sum(s.tokens for s in stats.values()),
+        "seconds": sum(s.seconds for s in stats.values()),
+        "comm": [r for r in state.ledger.records if r[0] == rnd]})
+    _merge_round_ledger(state.ledger, rnd, chosen, [p["comm"] for p in shared])
+    losses = {k: v for p in shared for k, v in p["loss"].items()}
+    tokens = sum(p["tokens"] for p in shared)
     record = {"round": rnd, "sources": chosen,
-              "train_loss": {k: s.loss for k, s in stats.items()},
-              "tokens": sum(s.tokens for s in stats.values()),
-              "tokens_per_s": sum(s.tokens for s in stats.values())
-              / max(sum(s.seconds for s in stats.values()), 1e-9),
+              "train_loss": {k: losses[k] for k in chosen},
+              "tokens": tokens,
+              # processes train side by side: the slowest one's training time
+              "tokens_per_s": tokens / max(max(p["seconds"] for p in shared), 1e-9),
               "comm": state.ledger.round_detail(rnd)}
     if rnd % t.eval_every == 0 or rnd == t.rounds:
-        record["val"] = evaluate_all(model, state, data, device)
+        val = {k: v for part in group.gather(evaluate_all(model, state, data, device))
+               for k, v in part.items()}
+        record["val"] = {k: val[k] for k in state.sources if k in val}
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def _merge_round_ledger(ledger: CommLedger, rnd: int, chosen: list[str],
+                        parts: list[list[tuple]]) -> None:
+    """Round `rnd`'s records of every process, in the order one process would have made them
+    (source by source, in sampling order); a no-op in-process."""
+    by_source: dict[str, list[tuple]] = {}
+    for part in parts:
+        for rec in part:
+            by_source.setdefault(rec[1], []).append(tuple(rec))
+    ledger.records = [r for r in ledger.records if r[0] != rnd] + \
+        [rec for k in chosen for rec in by_source.get(k, [])]
 
 
 def flat_metrics(record: dict, cumulative: dict) -> dict[str, float]:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from dept_core import accel
 from dept_core import tokenizers as tk
 from dept_core.comm import table1_bytes_per_round
 from dept_core.config import Config
@@ -68,7 +69,7 @@ def _loop(run_one, state, cfg, ckpt_dir, save, sink, on_round):
 
 def _run_dept(cfg, variant, data, global_vocab, device, ckpt_dir, sink, on_round):
     model, state = _setup(cfg, variant, data, global_vocab)
-    model.to(device)
+    accel.prepare(model, state, cfg, device)  # device, optional compile, pinned batches
     if ckpt_dir is not None:
         _restore(ckpt_dir, state)
     _loop(lambda: run_round(model, state, cfg, data, device), state, cfg, ckpt_dir,

@@ -22,7 +22,7 @@ from dept_core.batches import derived_seed
 from dept_core.comm import CommLedger
 from dept_core.config import ModelConfig
 from dept_core.model import ROW_COMPONENTS, init_bank, nbytes
-from dept_core.outer import OuterOptimizer, masked_row_mean, weighted_mean
+from dept_core.outer import LOCAL, Exchange, OuterOptimizer
 
 
 class Policy:
@@ -51,7 +51,10 @@ class Policy:
             self.ledger.add(rnd, source, "up", comp, nbytes({comp: t}))
         self.pending[source] = delta
 
-    def aggregate(self, weights: dict[str, float], outer: OuterOptimizer) -> None:
+    def aggregate(self, weights: dict[str, float], outer: OuterOptimizer,
+                  group: Exchange = LOCAL) -> None:
+        """Fold this process's pending uploads in. `weights` holds every source sampled this
+        round (in-process: exactly the pending ones; distributed: on every rank)."""
         raise NotImplementedError
 
     def eval_bank(self, source: str) -> dict[str, Tensor] | None:
@@ -75,11 +78,11 @@ class Glob(Policy):
     def _slice(self, source):
         return {c: t.clone() for c, t in self.bank.items()}
 
-    def aggregate(self, weights, outer):
-        names = list(self.pending)
+    def aggregate(self, weights, outer, group=LOCAL):
+        names, total = list(self.pending), sum(weights.values())
         for comp, param in self.bank.items():
-            mean = weighted_mean([self.pending[s][comp] for s in names],
-                                 [weights[s] for s in names])
+            mean = group.mean(param, [self.pending[s][comp] for s in names],
+                              [weights[s] for s in names], total)
             outer.step(f"bank/{comp}", param, mean)
         self.pending.clear()
 
@@ -91,17 +94,16 @@ class Trim(Policy):
         return {c: (t[self.rows[source]] if c in ROW_COMPONENTS else t).clone()
                 for c, t in self.bank.items()}
 
-    def aggregate(self, weights, outer):
-        names = list(self.pending)
+    def aggregate(self, weights, outer, group=LOCAL):
+        names, total = list(self.pending), sum(weights.values())
         w = [weights[s] for s in names]
         for comp, param in self.bank.items():
             deltas = [self.pending[s][comp] for s in names]
             if comp in ROW_COMPONENTS:
-                mean, held = masked_row_mean(deltas, [self.rows[s] for s in names], w,
-                                             param.shape[0])
+                mean, held = group.row_mean(param, deltas, [self.rows[s] for s in names], w)
                 outer.step(f"bank/{comp}", param, mean, rows=held)
             else:
-                outer.step(f"bank/{comp}", param, weighted_mean(deltas, w))
+                outer.step(f"bank/{comp}", param, group.mean(param, deltas, w, total))
         self.pending.clear()
 
 
@@ -128,7 +130,7 @@ class Spec(Policy):
     def upload(self, rnd, source, new_bank):
         self.pending[source] = {c: t.clone() for c, t in new_bank.items()}  # stays local
 
-    def aggregate(self, weights, outer):
+    def aggregate(self, weights, outer, group=LOCAL):
         self.local.update(self.pending)  # committed only once the whole round succeeded
         self.pending.clear()
 

@@ -32,6 +32,7 @@ examples:
   dept prepare
   dept tokenizers --set tokenizers.global_vocab_size=4000
   dept train --variant spec --set train.rounds=4
+  dept train --variant spec --backend torchrun --nproc 2
   dept prepare --params configs/smoke.yaml
 """
 
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Pre-train one variant: glob, trim, spec, spec_opt (DEPT) "
                                    "or std (the centralised baseline).")
     p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--backend", choices=("inprocess", "torchrun"),
+                   help="= --set train.backend=...: torchrun runs the rounds on ranks "
+                        "(torchrun --standalone --nproc_per_node N, Gloo/NCCL)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="= --set train.nproc_per_node=N (torchrun ranks on this node)")
     _common(p)
     ev = sub.add_parser("evaluate", help="test-split bits/byte of a variant's models",
                         description="Evaluate a variant's exported models on the test splits "
@@ -167,6 +173,9 @@ def _ui(port: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    for key, flag in (("train.backend", "backend"), ("train.nproc_per_node", "nproc")):
+        if getattr(args, flag, None) is not None:  # `dept train` shorthands for --set
+            args.overrides.append(f"{key}={getattr(args, flag)}")
     from dept_core.errors import DeptError
 
     start = time.monotonic()

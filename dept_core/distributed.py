@@ -1,0 +1,310 @@
+"""DEPT's rounds on torch.distributed, launched by torchrun (Gloo on CPU, NCCL on GPU).
+
+    torchrun --nproc_per_node 2 -m dept_core.distributed --variant spec \\
+             [--params params.yaml] [--set key=value ...] [--root .]
+
+The round logic is `rounds.run_round`, unchanged; what differs is which sources a process
+holds and how the updates meet (paper §3, Algorithm 1: sources train in parallel from the
+same θ, the server averages their updates):
+
+* Source i of `data.train_sources` lives on rank i mod W (`train.source_assignment:
+  round_robin`) or in contiguous blocks (`block`): only that rank loads its data, holds its
+  batch sampler, its inner optimiser state and — SPEC / SPEC-OPT — its embedding bank.
+* Every rank keeps a replica of the server state (θ, the GLOB/TRIM global bank, the outer
+  optimiser state, the round sampler) and samples the same S_t, so no broadcast is needed.
+* At round end `CollectiveExchange` combines the updates of the sampled sources:
+    body, GLOB bank, positional table: all_reduce(SUM) of Σ_{k on rank} (w_k/Σw) Δ_k
+    TRIM token rows: all_reduce(SUM) of Σ w_k Δ_k per row and of Σ w_k per row, then the
+    masked row mean of `outer.masked_row_mean` (rows no sampled source holds: no update)
+    SPEC banks: nothing; they never leave their rank during training.
+  Then every rank applies the same outer step. Losses, the round's ledger records and the
+  validation results are all_gather_object-ed, so every rank's history equals the
+  in-process one.
+* The communication ledger keeps the in-process accounting (what each source receives and
+  contributes: Δθ_k, its |V_k| rows, ...), so `metrics.json` matches the in-process run and
+  the paper's Table 1. What the collectives moved is reported beside it
+  (`comm.collective`): tensor bytes handed to all_reduce per rank; a ring all_reduce moves
+  ~2(W-1)/W of that per rank. TRIM's rows go through a dense |V|×d all_reduce (simple, and
+  cheap next to the body); a sparse all_gather of the rows would match the ledger exactly.
+* At the end the per-source banks are gathered on rank 0 once, to export the models.
+
+Checkpoints: one directory per rank (`torchrun-rank<r>-of-<W>/`); a relaunch with the same W
+resumes from the last round every rank finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dept_core import accel
+from dept_core import tokenizers as tk
+from dept_core.atomic import atomic_dir, write_json
+from dept_core.config import Config, load_config
+from dept_core.errors import ConfigError, DeptError
+from dept_core.layout import CHECKPOINTS, PREPARED, RESULTS, TOKENIZERS
+from dept_core.outer import Exchange, finish_row_mean, masked_row_sums
+from dept_core.rounds import RunResult, _restore, _save, _setup, run_round
+from dept_core.sourcedata import load_sources, tokenizer_dir
+
+BUCKET_BYTES = 64 << 20  # body tensors are all_reduced in flat buckets of at most 64 MiB
+
+
+def assign_sources(names: list[str], world: int, how: str = "round_robin"
+                   ) -> list[list[str]]:
+    """The sources of each rank: i -> i mod W, or contiguous blocks of near-equal size."""
+    if world > len(names):
+        raise ConfigError(f"torchrun: {world} ranks for {len(names)} training sources; "
+                          f"use at most one rank per source (train.nproc_per_node)")
+    if how == "round_robin":
+        return [names[r::world] for r in range(world)]
+    bounds = [round(r * len(names) / world) for r in range(world + 1)]
+    return [names[bounds[r]:bounds[r + 1]] for r in range(world)]
+
+
+class CollectiveExchange(Exchange):
+    """`outer.Exchange` over a torch.distributed process group (partial sums + all_reduce)."""
+
+    def __init__(self, device: torch.device):
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.device = device  # NCCL reduces CUDA tensors; Gloo CPU ones
+        self.wire = {"all_reduce_bytes": 0, "all_reduce_calls": 0}
+
+    def _all_reduce(self, t: Tensor) -> Tensor:
+        self.wire["all_reduce_bytes"] += t.numel() * t.element_size()
+        self.wire["all_reduce_calls"] += 1
+        if self.device.type == "cpu":
+            dist.all_reduce(t)
+            return t
+        on_dev = t.to(self.device)
+        dist.all_reduce(on_dev)
+        return t.copy_(on_dev)
+
+    def mean(self, like, deltas, weights, total):
+        return self.means({"x": like}, [{"x": d} for d in deltas], weights, total)["x"]
+
+    def means(self, params, deltas, weights, total):
+        out: dict[str, Tensor] = {}
+        for names in _buckets(params, BUCKET_BYTES):
+            flat = torch.zeros(sum(params[n].numel() for n in names),
+                               dtype=params[names[0]].dtype)
+            views, offset = {}, 0
+            for n in names:  # the same arithmetic as outer.weighted_sum, in place
+                views[n] = flat[offset:offset + params[n].numel()].view_as(params[n])
+                offset += params[n].numel()
+                for d, w in zip(deltas, weights):
+                    views[n].add_(d[n], alpha=float(w) / float(total))
+            self._all_reduce(flat)
+            out.update(views)
+        return out
+
+    def row_mean(self, like, deltas, rows, weights):
+        acc, wsum = masked_row_sums(deltas, rows, weights, like)
+        return finish_row_mean(self._all_reduce(acc), self._all_reduce(wsum))
+
+    def gather(self, obj):
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def gather_to_root(self, obj) -> list | None:
+        out = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+
+def _buckets(params: dict[str, Tensor], limit: int) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    size = 0
+    for n, p in params.items():
+        b = p.numel() * p.element_size()
+        if out[-1] and (size + b > limit or p.dtype != params[out[-1][0]].dtype):
+            out.append([])
+            size = 0
+        out[-1].append(n)
+        size += b
+    return [names for names in out if names]
+
+
+class _NullSink:
+    def log(self, metrics, step):
+        pass
+
+
+def _restore_agreed(rank_dir: Path, state, group: CollectiveExchange) -> None:
+    """Restore the last round every rank finished (a crash can leave one rank a round
+    ahead: it then rolls back to its previous checkpoint, kept by checkpoint_keep >= 2)."""
+    latest = rank_dir / "latest.json"
+    mine = json.loads(latest.read_text())["round"] if latest.is_file() else 0
+    agreed = min(group.gather(mine))
+    if agreed == 0:
+        return
+    if agreed != mine:
+        if not (rank_dir / f"round-{agreed:06d}.json").is_file():
+            raise DeptError(f"{rank_dir}: no checkpoint of round {agreed}, the last round every "
+                            f"rank finished; delete the checkpoint directory to start afresh")
+        write_json(latest, {"round": agreed})
+    _restore(rank_dir, state)
+
+
+def train_distributed(cfg: Config, variant: str, prepared: Path, tok_root: Path,
+                      ckpt_dir: Path | None, group: CollectiveExchange, device: torch.device,
+                      sink=None, on_round=None) -> RunResult | None:
+    """This rank's part of a run; rank 0 gets the RunResult (metrics, body, every bank)."""
+    from dept_core.run import _loop, summarise
+
+    if variant == "std":
+        raise DeptError("variant std (the centralised baseline) runs in-process only; "
+                        "use train.backend=inprocess for it")
+    t, names = cfg.train, cfg.data.train_sources
+    mine = assign_sources(names, group.world_size, t.source_assignment)[group.rank]
+    data = load_sources(variant, mine, prepared, tok_root, t.seq_len, t.eval_tokens)
+    info = {k: v for part in group.gather({k: (s.train_tokens, s.vocab_size)
+                                           for k, s in data.items()}) for k, v in part.items()}
+    global_vocab = tk.load(Path(tok_root) / "global" / "spm.model").get_piece_size()
+    model, state = _setup(cfg, variant, data, global_vocab, {k: info[k][0] for k in names})
+    accel.prepare(model, state, cfg, device)
+    rank_dir = None
+    if ckpt_dir is not None:
+        rank_dir = Path(ckpt_dir) / f"torchrun-rank{group.rank}-of-{group.world_size}"
+        _restore_agreed(rank_dir, state, group)
+    root = group.rank == 0
+    _loop(lambda: run_round(model, state, cfg, data, device, group), state, cfg, rank_dir,
+          lambda: _save(rank_dir, state, t.checkpoint_keep), (sink or _NullSink()) if root
+          else _NullSink(),
+          on_round if root else None)
+    local = {k: b for k in data if (b := state.policy.eval_bank(k)) is not None}
+    parts = group.gather_to_root({"banks": local, "wire": group.wire})
+    if not root:
+        return None
+    banks = {k: v for p in parts for k, v in p["banks"].items()}
+    banks = {k: banks[k] for k in names if k in banks}
+    catalog = {k: SimpleNamespace(vocab_size=info[k][1],
+                                  tokenizer_dir=tokenizer_dir(tok_root, variant, k))
+               for k in names}
+    metrics = summarise(cfg, variant, state.history, state.ledger, state.body, banks,
+                        state.policy.bank, catalog, global_vocab)
+    metrics["comm"]["collective"] = {
+        "all_reduce_bytes_per_rank": [p["wire"]["all_reduce_bytes"] for p in parts],
+        "all_reduce_calls_per_rank": [p["wire"]["all_reduce_calls"] for p in parts]}
+    metrics.update(variant=variant, global_vocab_size=global_vocab, device=str(device),
+                   backend="torchrun", world_size=group.world_size,
+                   assignment=assign_sources(names, group.world_size, t.source_assignment))
+    result = RunResult(metrics, state.body, banks, state.policy.bank)
+    result.catalog = catalog  # what export_all needs of each source (its tokenizer)
+    return result
+
+
+def torchrun_command(params: Path, variant: str, root: Path, nproc: int,
+                     torchrun_args: list[str] | None = None, emit_metrics: bool = True
+                     ) -> list[str]:
+    """The command that runs one variant's rounds under torchrun (`python -m
+    torch.distributed.run` is the `torchrun` script of the same interpreter). Without
+    `torchrun_args` a single node `--standalone` (a free local port: runs can overlap);
+    with them, e.g. ["--nnodes", "2", "--node_rank", "0", "--rdzv_backend", "c10d",
+    "--rdzv_endpoint", "host:29400", "--rdzv_id", "dept"], whatever they say."""
+    launcher = list(torchrun_args) if torchrun_args else ["--standalone"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher,
+           "--nproc_per_node", str(nproc), "-m", "dept_core.distributed",
+           "--variant", variant, "--params", str(params), "--root", str(root)]
+    return cmd + (["--emit-metrics"] if emit_metrics else [])
+
+
+def init_group(cfg: Config) -> tuple[CollectiveExchange, torch.device]:
+    """Join the process group torchrun describes in the environment (env://)."""
+    device = accel.rank_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(accel.dist_backend(device))
+    return CollectiveExchange(device), device
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dept_core.distributed",
+                                description="DEPT rounds of one variant on torch.distributed; "
+                                            "start it with torchrun --nproc_per_node N.")
+    p.add_argument("--variant", required=True, choices=("glob", "trim", "spec", "spec_opt"))
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--root", default=".", help="project root (data/, results/, checkpoints/)")
+    p.add_argument("--out", help="output dir (default: <root>/results/pretrain/<variant>)")
+    p.add_argument("--no-checkpoints", action="store_true", help="do not save or resume")
+    p.add_argument("--no-export", action="store_true", help="skip the per-source HF models")
+    p.add_argument("--dump", help="also save the final body and banks to this safetensors file")
+    p.add_argument("--emit-metrics", action="store_true",
+                   help="print one 'DEPT_METRICS <json>' line per round (tasks/train.py)")
+    return p
+
+
+class EmitSink:
+    """Prints one `DEPT_METRICS <json>` line per round on stdout (a launcher reads them:
+    tasks/train.py logs them to MLflow while the run goes on)."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        print("DEPT_METRICS " + json.dumps({"step": step, "metrics": metrics}), flush=True)
+
+
+def print_round(rounds: int):
+    def on_round(record: dict) -> None:
+        losses = " ".join(f"{k}={v:.3f}" for k, v in record["train_loss"].items())
+        line = (f"round {record['round']}/{rounds} | sources {','.join(record['sources'])} | "
+                f"train loss {losses} | {record['tokens_per_s']:.0f} tok/s")
+        if record.get("val"):
+            mean = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
+            line += f" | val bits/byte {mean:.3f}"
+        print(line, flush=True)
+    return on_round
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    root = Path(args.root).resolve()
+    try:
+        params = Path(args.params)
+        cfg = load_config(params if params.is_absolute() else root / params, args.overrides)
+        group, device = init_group(cfg)
+        try:
+            return _run(args, cfg, root, group, device)
+        finally:
+            dist.destroy_process_group()
+    except DeptError as exc:
+        print(f"dept: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args, cfg: Config, root: Path, group: CollectiveExchange, device) -> int:
+    from dept_core.run import export_all, run_key
+
+    prepared, tok_root = root / PREPARED, root / TOKENIZERS
+    ckpt = None if args.no_checkpoints else \
+        root / CHECKPOINTS / f"{args.variant}-{run_key(cfg, args.variant, prepared, tok_root)}"
+    result = train_distributed(cfg, args.variant, prepared, tok_root, ckpt, group, device,
+                               EmitSink() if args.emit_metrics else None,
+                               print_round(cfg.train.rounds))
+    if result is None:
+        return 0
+    out = Path(args.out) if args.out else root / RESULTS / "pretrain" / args.variant
+    if not args.no_export:
+        with atomic_dir(out / "models") as tmp:
+            export_all(cfg, result, result.catalog, tok_root, tmp)
+    write_json(out / "metrics.json", result.metrics)
+    if args.dump:
+        from safetensors.torch import save_file
+
+        save_file({**{f"body/{k}": v.contiguous() for k, v in result.body.items()},
+                   **{f"bank/{s}/{c}": t.contiguous() for s, b in result.banks.items()
+                      for c, t in b.items()}}, args.dump)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
