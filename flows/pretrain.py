@@ -1,11 +1,18 @@
 """pretrain: DEPT rounds for one variant (glob, trim, spec, spec_opt) or the STD baseline.
 
     python -m flows.pretrain --variant spec [--params params.yaml] [--set key=value ...]
+                             [--backend torchrun [--nproc N]]
 
 A run killed at any point resumes from its last finished round when started again.
+`backend="torchrun"` (or train.backend in params.yaml) runs the rounds through torchrun,
+one rank per source group; a deployment of this flow (or of dept_pipeline with the config
+key) then trains on ranks. `torchrun_args` (e.g. a multi-node rendezvous) replace the
+default single-node `--standalone`.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from prefect import flow
 
@@ -15,9 +22,12 @@ from tasks.train import pretrain_task
 
 @flow(name="pretrain", flow_run_name="pretrain-{variant}")
 def pretrain_flow(variant: str, params: str = "params.yaml",
-                  overrides: list[str] | None = None, root: str | None = None) -> dict:
-    cfg, root_path = load(params, overrides, root)
-    return pretrain_task(cfg, variant, root_path)
+                  overrides: list[str] | None = None, root: str | None = None,
+                  backend: Literal["inprocess", "torchrun"] | None = None,
+                  torchrun_args: list[str] | None = None) -> dict:
+    extra = [f"train.backend={backend}"] if backend else []
+    cfg, root_path = load(params, [*(overrides or []), *extra], root)
+    return pretrain_task(cfg, variant, root_path, torchrun_args=torchrun_args)
 
 
 if __name__ == "__main__":

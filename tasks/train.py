@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+import tempfile
+from collections import deque
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -11,6 +15,7 @@ from tqdm.auto import tqdm
 
 from dept_core.atomic import atomic_dir, write_json
 from dept_core.config import Config
+from dept_core.errors import DeptError
 from dept_core.layout import CHECKPOINTS, PREPARED, RESULTS, TOKENIZERS, tokenizer_stats
 from dept_core.run import export_all, run_key, train_variant
 from dept_core.trainer import MetricsSink
@@ -31,11 +36,19 @@ def round_line(record: dict, rounds: int) -> str:
 
 @task(name="pretrain", task_run_name="pretrain-{variant}", **NO_CACHE)
 def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | None = None,
-                  ) -> dict:
-    """Train (or resume) `variant` as an MLflow run; write results/pretrain/<variant>/."""
+                  torchrun_args: list[str] | None = None) -> dict:
+    """Train (or resume) `variant` as an MLflow run; write results/pretrain/<variant>/.
+
+    With train.backend=torchrun the rounds run in a `torchrun` subprocess (one rank per
+    source group); `torchrun_args` replace the default `--standalone` (multi-node rendezvous).
+    """
     tags = {"variant": variant, "prefect_flow_run_id": str(flow_run.get_id() or "")}
     with mlflow_run(root, cfg, f"pretrain-{variant}", tags, parent_run_id) as (client, run_id):
-        metrics = _pretrain(cfg, variant, root, MlflowSink(client, run_id))
+        sink = MlflowSink(client, run_id)
+        if cfg.train.backend == "torchrun" and variant != "std":
+            metrics = _pretrain_torchrun(cfg, variant, root, sink, torchrun_args)
+        else:  # std, the centralised baseline, always runs in-process
+            metrics = _pretrain(cfg, variant, root, sink)
         client.log_artifact(run_id, str(root / RESULTS / "pretrain" / variant / "metrics.json"))
         client.log_artifact(run_id, str(tokenizer_stats(root)))
         client.log_artifacts(run_id, str(root / RESULTS / "pretrain" / variant / "models"),
@@ -78,3 +91,40 @@ def _pretrain(cfg: Config, variant: str, root: Path, sink: MetricsSink) -> dict:
              (result.metrics["comm"]["bytes_down_total"]
               + result.metrics["comm"]["bytes_up_total"]) / 1e6)
     return result.metrics
+
+
+def _pretrain_torchrun(cfg: Config, variant: str, root: Path, sink: MetricsSink,
+                       torchrun_args: list[str] | None = None) -> dict:
+    """The same stage through torchrun (dept_core.distributed): the ranks write
+    results/pretrain/<variant>/ (metrics.json, models/) and resume from their checkpoints;
+    their per-round metrics stream back here into `sink` while the run goes on."""
+    from dept_core.distributed import torchrun_command
+
+    log = get_run_logger()
+    with tempfile.TemporaryDirectory(prefix="dept-torchrun-") as tmp:
+        params = Path(tmp) / "params.json"  # the validated config, exactly (JSON is YAML)
+        params.write_text(cfg.model_dump_json(), encoding="utf-8")
+        cmd = torchrun_command(params, variant, root, cfg.train.nproc_per_node, torchrun_args)
+        log.info("%s: launching %s", variant, " ".join(cmd))
+        tail: deque[str] = deque(maxlen=30)
+        with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, bufsize=1) as proc:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                if line.startswith("DEPT_METRICS "):
+                    msg = json.loads(line.removeprefix("DEPT_METRICS "))
+                    sink.log(msg["metrics"], step=msg["step"])
+                    continue
+                tail.append(line)
+                if line.startswith("round ") or "error" in line.lower():
+                    log.info("%s %s", variant, line)
+        if proc.returncode:
+            user = [t for t in tail if t.startswith("dept: error: ")]
+            if user:
+                raise DeptError(user[-1].removeprefix("dept: error: "))
+            raise RuntimeError(f"torchrun exited with status {proc.returncode}:\n"
+                               + "\n".join(tail))
+    metrics = json.loads((root / RESULTS / "pretrain" / variant / "metrics.json").read_text())
+    log.info("%s: mean val bits/byte %.4f on %d ranks", variant,
+             metrics["final"]["val_bpb_mean"] or float("nan"), metrics["world_size"])
+    return metrics
