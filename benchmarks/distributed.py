@@ -1,0 +1,121 @@
+"""Wall time of the torchrun backend against the in-process backend, 2 sources on 2 ranks.
+
+    python benchmarks/distributed.py [--variant spec] [--rounds 4] [--local-steps 20]
+                                     [--size demo] [--repeat 1]
+
+Builds a throw-away project (the embedded en + de sources, prepared and tokenized once), then
+runs the same rounds twice, each in a fresh process as a user would:
+  inprocess  `train_variant` in one process (torch's default threads: one per core);
+  torchrun   `torchrun --standalone --nproc_per_node 2 -m dept_core.distributed`
+             (one source per rank, Gloo, OMP_NUM_THREADS=1 per rank: torchrun's default).
+Prints wall time (process start to exit, imports included), time inside the rounds (sum of
+the rounds' `seconds`) and the ratio torchrun / inprocess for each. Figures go in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+INPROCESS = r"""
+import json, sys
+from pathlib import Path
+from dept_core.config import load_config
+from dept_core.run import train_variant
+root, variant = Path(sys.argv[1]), sys.argv[2]
+cfg = load_config(root / "params.yaml")
+res, _ = train_variant(cfg, variant, root / "data/prepared", root / "data/tokenizers", None)
+(root / "inprocess.json").write_text(json.dumps(res.metrics))
+"""
+
+
+def params(args) -> dict:
+    return {
+        "seed": 0,
+        "data": {"sources": [{"name": n, "kind": "embedded", "preset": "multilingual"}
+                             for n in ("en", "de")]},
+        "prepare": {"min_doc_chars": 100, "max_bytes_per_source": 300000},
+        "tokenizers": {"global_vocab_size": 2000, "per_source_vocab_size": 1000,
+                       "sample_bytes_per_source": 150000},
+        "model": {"size": args.size, "max_seq_len": 128},
+        "train": {"rounds": args.rounds, "local_steps": args.local_steps,
+                  "sources_per_round": 2, "batch_size": 16, "seq_len": 128,
+                  "warmup_steps": 5, "eval_tokens": 4096, "device": "cpu"},
+    }
+
+
+def build(root: Path, raw: dict) -> None:
+    import yaml
+
+    from dept_core import tokenizers as tk
+    from dept_core.config import validate
+    from dept_core.data import prepare, read_split, write_prepared
+
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = validate(raw)
+    write_prepared(prepare(cfg, root), root / "data/prepared", set())
+    names = [s.name for s in cfg.data.sources]
+    train = {n: read_split(root / "data/prepared", n, "train") for n in names}
+    val = {n: read_split(root / "data/prepared", n, "val") for n in names}
+    g, per = tk.plan(cfg, train)
+    tk.assemble(cfg, train, val, tk.train_sentencepiece(g),
+                {n: tk.train_sentencepiece(s) for n, s in per.items()}, root / "data/tokenizers")
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", default="spec", choices=("glob", "trim", "spec", "spec_opt"))
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--local-steps", type=int, default=20)
+    ap.add_argument("--size", default="demo", choices=("tiny", "demo"))
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each; the fastest counts")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="dept-bench-dist-"))
+    build(root, params(args))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env.pop("OMP_NUM_THREADS", None)
+    runs = {
+        "inprocess": [sys.executable, "-c", INPROCESS, str(root), args.variant],
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     "--nproc_per_node", "2", "-m", "dept_core.distributed",
+                     "--variant", args.variant, "--params", "params.yaml", "--root", str(root),
+                     "--out", str(root / "torchrun"), "--no-checkpoints", "--no-export"],
+    }
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    rounds: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.repeat):  # alternate, so that load on a shared machine hits both
+        for name, cmd in runs.items():
+            wall[name].append(timed(cmd, env))
+            out = root / ("inprocess.json" if name == "inprocess" else "torchrun/metrics.json")
+            history = json.loads(out.read_text())["history"]
+            rounds[name].append(sum(r["seconds"] for r in history))
+    w = {k: min(v) for k, v in wall.items()}
+    r = {k: min(v) for k, v in rounds.items()}
+    print(f"{args.variant}, model {args.size}, 2 sources, {args.rounds} rounds x "
+          f"{args.local_steps} local steps x 16 x 128 tokens, {os.cpu_count()} CPU cores")
+    print("| backend | wall s (process) | rounds s |")
+    print("|---|---|---|")
+    for k in runs:
+        print(f"| {k} | {w[k]:.1f} | {r[k]:.1f} |")
+    print(f"| ratio torchrun / inprocess | {w['torchrun'] / w['inprocess']:.2f} | "
+          f"{r['torchrun'] / r['inprocess']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
