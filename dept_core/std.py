@@ -28,6 +28,14 @@ def source_probs(tokens: list[int], tau: float) -> torch.Tensor:
     return w / w.sum()
 
 
+def mixture_batch(probs: torch.Tensor, samplers: dict[str, BatchSampler], n: int,
+                  rng: torch.Generator) -> torch.Tensor:
+    """`n` sequences whose sources are drawn with probabilities `probs` (in sampler order)."""
+    picks = torch.multinomial(probs, n, replacement=True, generator=rng)
+    counts = torch.bincount(picks, minlength=len(samplers)).tolist()
+    return torch.cat([s.next(c) for s, c in zip(samplers.values(), counts) if c])
+
+
 class StdRun:
     def __init__(self, cfg: Config, data: dict[str, SourceData], global_vocab: int, device):
         self.cfg, self.data, self.device = cfg, data, device
@@ -43,11 +51,8 @@ class StdRun:
 
     def batch(self) -> torch.Tensor:
         t = self.cfg.train
-        picks = torch.multinomial(self.probs, t.sources_per_round * t.batch_size,
-                                  replacement=True, generator=self.rng)
-        counts = torch.bincount(picks, minlength=len(self.data)).tolist()
-        parts = [self.samplers[k].next(c) for k, c in zip(self.data, counts) if c]
-        return torch.cat(parts)
+        return mixture_batch(self.probs, self.samplers, t.sources_per_round * t.batch_size,
+                             self.rng)
 
     def run_round(self) -> dict:
         t, rnd, start = self.cfg.train, self.done + 1, time.perf_counter()

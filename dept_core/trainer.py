@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from torch import Tensor
 
 from dept_core.batches import BatchSampler
 from dept_core.config import TrainConfig
+from dept_core.metrics import bits_per_byte, perplexity
 from dept_core.model import lm_loss
 
 
@@ -103,9 +103,8 @@ def evaluate_windows(model, windows: Tensor, n_bytes: int, device: torch.device,
         total += float(loss)
         count += n
     model.train(was_training)
-    mean = total / max(count, 1)
-    return {"loss": mean, "ppl": math.exp(min(mean, 50.0)),
-            "bpb": total / (math.log(2) * max(n_bytes, 1)), "tokens": count}
+    return {"loss": total / max(count, 1), "ppl": perplexity(total, count),
+            "bpb": bits_per_byte(total, n_bytes), "tokens": count, "bytes": n_bytes}
 
 
 def all_finite(tensors: dict[str, Tensor]) -> str | None:

@@ -1,0 +1,64 @@
+"""Every evaluation metric, as plain functions of counts (unit-tested against hand-computed
+values in tests/test_metrics.py).
+
+Language modelling (paper §4, "Evaluation"): perplexity is per token of the model's own
+tokenizer, so it compares models only when they share a tokenizer; bits per UTF-8 byte
+divides the same summed loss by the text's bytes and so compares across tokenizers and
+variants (SPEC-OPT has its own tokenizers). Downstream: accuracy and macro-F1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+LN2 = math.log(2)
+
+
+def perplexity(loss_sum_nats: float, n_tokens: int) -> float:
+    """exp(mean nats per token); capped at exp(50) so a diverged model stays printable."""
+    return math.exp(min(loss_sum_nats / max(n_tokens, 1), 50.0))
+
+
+def bits_per_byte(loss_sum_nats: float, n_bytes: int) -> float:
+    """Summed next-token loss (nats) over the text, in bits, per UTF-8 byte of the text."""
+    return loss_sum_nats / (LN2 * max(n_bytes, 1))
+
+
+def improvement_pct(baseline: float, value: float) -> float:
+    """How much lower (better) `value` is than `baseline`, in % of the baseline."""
+    return 100.0 * (baseline - value) / baseline
+
+
+def accuracy(pred: Sequence, gold: Sequence) -> float:
+    if len(pred) != len(gold) or not gold:
+        raise ValueError(f"accuracy: {len(pred)} predictions for {len(gold)} labels")
+    return sum(p == g for p, g in zip(pred, gold)) / len(gold)
+
+
+def macro_f1(pred: Sequence, gold: Sequence) -> float:
+    """Unweighted mean of per-class F1 over every class that occurs in `gold` or `pred`
+    (a class never predicted correctly scores 0), as scikit-learn's `average="macro"`."""
+    if len(pred) != len(gold) or not gold:
+        raise ValueError(f"macro_f1: {len(pred)} predictions for {len(gold)} labels")
+    scores = []
+    for c in sorted(set(gold) | set(pred), key=str):
+        tp = sum(p == c and g == c for p, g in zip(pred, gold))
+        fp = sum(p == c and g != c for p, g in zip(pred, gold))
+        fn = sum(p != c and g == c for p, g in zip(pred, gold))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores)
+
+
+def mean(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def area_under_curve(steps: Sequence[float], values: Sequence[float]) -> float:
+    """Trapezoidal mean of a curve over its step range (plasticity: lower = adapts faster)."""
+    if len(steps) < 2:
+        return float(values[0]) if values else float("nan")
+    area = sum((steps[i + 1] - steps[i]) * (values[i] + values[i + 1]) / 2
+               for i in range(len(steps) - 1))
+    return area / (steps[-1] - steps[0])
