@@ -193,6 +193,37 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile each transformer block")
 
 
+# ------------------------------------------------------------------------------- evaluate ----
+class DownstreamConfig(Section):
+    """Fine-tuning on a labelled task with a classification head (paper §5, downstream)."""
+
+    path: str = Field("corpus/downstream/topic.jsonl.gz",
+                      description="JSON lines {text, label, split[, lang]}, relative to the project "
+                      "root (corpus/...: the embedded task)")
+    languages: list[str] | None = Field(None, description="keep rows of these langs (all)")
+    steps: int = Field(150, ge=0, description="fine-tuning steps (0: skip downstream)")
+    batch_size: int = Field(16, gt=0)
+    max_len: int = Field(128, gt=2, description="tokens per example (truncated)")
+    lr: float = Field(1e-3, gt=0, description="peak AdamW rate, body and head alike")
+
+
+class EvaluateConfig(Section):
+    test_tokens: int = Field(65536, gt=0, description="test tokens per source (whole docs)")
+    cpt_fraction: float = Field(
+        0.17, ge=0, le=1, description="continued pre-training steps, share of pre-training "
+        "steps (the paper: 15-19 %); 0 skips it")
+    cpt_from_pretrained: list[Literal["glob", "trim", "std"]] = Field(
+        default_factory=lambda: ["glob", "trim", "std"],
+        description="variants also continued from their pre-trained global embeddings")
+    cpt_lr: float | None = Field(None, gt=0, description="peak rate (default: train.lr)")
+    plasticity_steps: int = Field(60, ge=0, description="K adaptation steps (0: skip)")
+    plasticity_eval_every: int = Field(10, gt=0, description="bits/byte every this many steps")
+    plasticity_sources: list[str] | None = Field(
+        None, description="unseen sources to adapt to (default: the heldout sources)")
+    reference: bool = Field(True, description="also evaluate a randomly initialised body")
+    downstream: DownstreamConfig = DownstreamConfig()
+
+
 # --------------------------------------------------------------------------------- config ----
 class Config(Section):
     seed: int = Field(0, ge=0)
@@ -201,6 +232,7 @@ class Config(Section):
     tokenizers: TokenizersConfig = TokenizersConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -215,6 +247,9 @@ class Config(Section):
             raise ValueError(f"train.seq_len: {self.train.seq_len} exceeds "
                              f"model.max_seq_len {self.model.max_seq_len}")
         self.model.dims()
+        for key in self.evaluate.plasticity_sources or []:
+            if key not in names:
+                raise ValueError(f"evaluate.plasticity_sources: unknown source '{key}'")
         for key in self.tokenizers.per_source_vocab_overrides:
             if key not in names:
                 raise ValueError(

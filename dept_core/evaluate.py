@@ -1,30 +1,57 @@
-"""Evaluation of exported models on the test splits: perplexity and bits per UTF-8 byte.
+"""Evaluation of a pre-trained variant, as in the paper and beyond.
 
-In distribution: each training source with its own exported model (body + its embeddings +
-its tokenizer). Out of distribution: held-out sources with the global model (GLOB, TRIM, STD);
-SPEC and SPEC-OPT have no global embedding — the paper compares their bodies after continued
-pre-training with a fresh embedding (§4), which is a later stage.
+1. **As trained** — each exported model (body + the source's own embeddings and tokenizer) on
+   its source's test split; held-out sources with the global model (GLOB, TRIM, STD: SPEC and
+   SPEC-OPT have no global embedding). Perplexity, bits/byte, and the source's unigram
+   cross-entropy as the difficulty yardstick (UNIGRAM-CE, from the tokenizers stage).
+2. **Continued pre-training** with a fresh global embedding (every variant) and from the
+   pre-trained global embedding (GLOB, TRIM, STD), then the test splits with the global
+   tokenizer, in and out of distribution (`dept_core.continued`).
+3. **Plasticity** on the unseen sources (`dept_core.continued.plasticity`).
+4. **Downstream** fine-tuning with a classification head (`dept_core.downstream`).
+
+The variant `random` is the reference: the initial body every variant starts from (same seed),
+never pre-trained — the floor for plasticity and downstream.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from dept_core import continued as cp
+from dept_core import tokenizers as tk
 from dept_core.batches import eval_windows
+from dept_core.config import Config
+from dept_core.downstream import finetune, load_task
+from dept_core.errors import DataError
+from dept_core.export import check_model_dir
+from dept_core.layout import PREPARED, RESULTS, TOKENIZERS
+from dept_core.model import build_model, get_bank, get_body
 from dept_core.export import check_model_dir
 from dept_core.sourcedata import encode_split
+from dept_core.sources import REPO_ROOT
 from dept_core.trainer import evaluate_windows
+
+REFERENCE = "random"
+
+
+def load_lm(model_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    check_model_dir(model_dir)  # a tokenizer that does not fit the model: one clear error
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
 
 
 def evaluate_model_dir(model_dir: Path, prepared: Path, source: str, split: str,
                        seq_len: int, max_tokens: int | None = None) -> dict[str, float]:
     """Loss, perplexity and bits/byte of an exported HF model directory on a split."""
-    from transformers import AutoModelForCausalLM
-
     check_model_dir(model_dir)  # a tokenizer that does not fit the model: one clear error
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+    model = load_lm(model_dir)
     stream, n_bytes = encode_split(Path(model_dir), prepared, source, split, max_tokens)
     return evaluate_windows(model, eval_windows(stream, seq_len), n_bytes, torch.device("cpu"))
 
@@ -32,16 +59,116 @@ def evaluate_model_dir(model_dir: Path, prepared: Path, source: str, split: str,
 def evaluate_variant(models_dir: Path, prepared: Path, train_sources: list[str],
                      heldout: list[str], seq_len: int, max_tokens: int | None = None) -> dict:
     models_dir = Path(models_dir)
-    out: dict = {"in_distribution": {}, "out_of_distribution": {}}
+    ind, ood = {}, {}
     for src in train_sources:
         if (models_dir / src).is_dir():  # a SPEC source never sampled has no model
-            out["in_distribution"][src] = evaluate_model_dir(models_dir / src, prepared, src,
-                                                             "test", seq_len, max_tokens)
+            ind[src] = evaluate_model_dir(models_dir / src, prepared, src, "test", seq_len,
+                                          max_tokens)
     if (models_dir / "global").is_dir():
         for src in heldout:
-            out["out_of_distribution"][src] = evaluate_model_dir(
-                models_dir / "global", prepared, src, "test", seq_len, max_tokens)
-    for key in ("in_distribution", "out_of_distribution"):
-        vals = [v["bpb"] for v in out[key].values()]
-        out[f"{key}_bpb_mean"] = sum(vals) / len(vals) if vals else None
+            ood[src] = evaluate_model_dir(models_dir / "global", prepared, src, "test",
+                                          seq_len, max_tokens)
+    return cp.with_means(ind, ood)
+
+
+def pretrained_parts(models_dir: Path) -> tuple[dict, dict | None]:
+    """(body, global bank or None) of a variant's exported models."""
+    models_dir = Path(models_dir)
+    dirs = sorted(p for p in models_dir.iterdir() if (p / "config.json").is_file()) \
+        if models_dir.is_dir() else []
+    if not dirs:
+        raise DataError(f"{models_dir}: no exported models — run the pretrain stage first")
+    glob_dir = models_dir / "global"
+    model = load_lm(glob_dir if glob_dir.is_dir() else dirs[0])
+    body = get_body(model)
+    return body, (get_bank(model) if glob_dir.is_dir() else None)
+
+
+def unigram_yardstick(tok_root: Path, sources: list[str]) -> dict[str, dict]:
+    """UNIGRAM-CE per source (global tokenizer, validation split) from the tokenizers stage."""
+    stats_path = Path(tok_root) / "stats.json"
+    if not stats_path.is_file():
+        return {}
+    stats = json.loads(stats_path.read_text())["global"]["sources"]
+    return {k: {"unigram_ce": stats[k]["unigram_ce"],
+                "unigram_bpb": stats[k]["unigram_bits_per_byte"]}
+            for k in sources if k in stats}
+
+
+def run_protocol(cfg: Config, variant: str, root: Path, device,
+                 log: Callable[[str], None] = print) -> dict:
+    """Every evaluation of one variant (or of the random reference) -> a JSON-able dict.
+
+    Reads the project at `root`: prepared data, tokenizers and (unless `random`) the
+    variant's exported models in results/pretrain/<variant>/models.
+    """
+    root = Path(root)
+    prepared, tok_root = root / PREPARED, root / TOKENIZERS
+    models_dir = root / RESULTS / "pretrain" / variant / "models"
+    ev, train_src, heldout = cfg.evaluate, cfg.data.train_sources, cfg.data.heldout_sources
+    global_dir = Path(tok_root) / "global"
+    vocab = tk.load(global_dir / "spm.model").get_piece_size()
+    out: dict = {"variant": variant,
+                 "unigram": unigram_yardstick(tok_root, train_src + heldout), "seconds": {}}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        out["seconds"][name] = round(now - clock, 2)
+        log(f"{variant}: {name} done in {now - clock:.1f} s")
+        clock = now
+
+    if variant == REFERENCE:
+        body, pre_bank = get_body(build_model(cfg.model, vocab, cfg.seed)), None
+    else:
+        out["as_trained"] = evaluate_variant(models_dir, prepared, train_src, heldout,
+                                             cfg.train.seq_len, ev.test_tokens)
+        lap("as_trained")
+        body, pre_bank = pretrained_parts(models_dir)
+
+    tests = cp.test_sets(cfg, prepared, global_dir, train_src + heldout)
+    cpt_model = None
+    if cp.cpt_steps(cfg) > 0:
+        data = cp.global_data(cfg, prepared, tok_root, train_src)
+        starts = {"fresh": cp.fresh_bank(cfg, vocab)}
+        if pre_bank is not None and variant in ev.cpt_from_pretrained:
+            starts["pretrained"] = pre_bank
+        out["continued"] = {}
+        for name, bank in starts.items():
+            model, info = cp.continued_pretraining(cfg, body, bank, data, device)
+            res = cp.evaluate_sets(model, tests, device)
+            out["continued"][name] = {
+                **info, **cp.with_means({k: res[k] for k in train_src},
+                                        {k: res[k] for k in heldout})}
+            if name == "fresh":
+                cpt_model = model
+            lap(f"continued_{name}")
+
+    unseen = ev.plasticity_sources if ev.plasticity_sources is not None else heldout
+    if ev.plasticity_steps > 0 and unseen:
+        data = cp.global_data(cfg, prepared, tok_root, unseen)
+        out["plasticity"] = {"steps": ev.plasticity_steps,
+                             "curves": {k: cp.plasticity(cfg, body, vocab, data[k], device)
+                                        for k in unseen}}
+        lap("plasticity")
+
+    if ev.downstream.steps > 0:
+        rows = load_task(task_path(root, ev.downstream.path), ev.downstream.languages)
+        # The floor is the untrained model; every pre-trained variant starts from its CPT
+        # model (or, with CPT off, from its body with the fresh embedding).
+        lm = (cpt_model if cpt_model is not None and variant != REFERENCE
+              else cp.model_from(cfg, body, pre_bank or cp.fresh_bank(cfg, vocab), device))
+        out["downstream"] = finetune(cfg, lm, tk.load(global_dir / "spm.model"), rows, device)
+        lap("downstream")
     return out
+
+
+
+def task_path(root: Path, path: str) -> Path:
+    """`evaluate.downstream.path`: absolute, else relative to the project root, else (for the
+    embedded `corpus/...` task) relative to this repository."""
+    p = Path(path)
+    if p.is_absolute() or (Path(root) / p).exists():
+        return p if p.is_absolute() else Path(root) / p
+    return REPO_ROOT / p if (REPO_ROOT / p).exists() else Path(root) / p

@@ -25,8 +25,10 @@ OnRound = Callable[[dict], None]
 
 
 def run_key(cfg: Config, variant: str, prepared: Path, tok_root: Path) -> str:
-    """Identifies a run: config + variant + the exact data and tokenizers it trains on."""
-    h = hashlib.sha256(cfg.model_dump_json(exclude={"train": {"variants"}}).encode())
+    """Identifies a run: config + variant + the exact data and tokenizers it trains on
+    (the evaluate section does not change pre-training, so it is left out)."""
+    dump = cfg.model_dump_json(exclude={"train": {"variants"}, "evaluate": True})
+    h = hashlib.sha256(dump.encode())
     h.update(variant.encode())
     for f in (Path(prepared) / "manifest.json", Path(tok_root) / "global" / "spm.model"):
         h.update(f.read_bytes() if f.is_file() else b"")

@@ -1,0 +1,147 @@
+"""The paper's fair-comparison protocol and plasticity, for any pre-trained body.
+
+**Continued pre-training (CPT)** — paper §4: DEPT variants end with embeddings that differ in
+vocabulary (TRIM, SPEC) or do not exist globally (SPEC, SPEC-OPT), so the paper compares the
+*bodies*: each body gets a freshly initialised global embedding and is trained further on the
+mixture for 15-19 % of the pre-training steps; then perplexity is measured with the global
+tokenizer. We apply it to every variant, STD included, with the same fresh embedding, the same
+batches and the same schedule, so the only difference between variants is the body. GLOB,
+TRIM and STD are also continued from their pre-trained global embeddings (the paper reports
+both for the variants that have them).
+
+Interpretation (the paper gives no CPT schedule): "pre-training steps" is the number of
+optimiser steps a source path takes, `train.rounds × train.local_steps` (STD takes the same);
+CPT batches are STD's (`sources_per_round × batch_size` sequences from the mixture, p_k ∝
+n_k^τ); the rate warms up over 10 % of the CPT steps and decays by cosine to
+`train.min_lr_ratio`.
+
+**Plasticity** — paper §5: how quickly a body adapts to a source it never saw. The body gets
+a fresh embedding and trains `evaluate.plasticity_steps` steps on the unseen source alone;
+validation bits/byte is recorded against steps. Interpretation: the unseen source is read with
+the global tokenizer (no new tokenizer is trained for it), so the comparison again differs
+only in the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from dept_core.batches import BatchSampler, derived_seed, eval_windows
+from dept_core.config import Config
+from dept_core.metrics import mean
+from dept_core.model import build_model, init_bank, load_body, lm_loss, lr_at, set_bank
+from dept_core.sourcedata import SourceData, encode_split, load_sources
+from dept_core.std import mixture_batch, source_probs
+from dept_core.trainer import autocast_for, evaluate_windows, make_optimizer
+
+Body = dict[str, Tensor]
+Bank = dict[str, Tensor]
+
+
+def cpt_steps(cfg: Config) -> int:
+    return round(cfg.evaluate.cpt_fraction * cfg.train.rounds * cfg.train.local_steps)
+
+
+def fresh_bank(cfg: Config, vocab_size: int) -> Bank:
+    """The same fresh embedding for every variant (seeded by the config's seed only)."""
+    gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "fresh-embedding"))
+    return init_bank(cfg.model, vocab_size, gen)
+
+
+def model_from(cfg: Config, body: Body, bank: Bank, device) -> torch.nn.Module:
+    model = build_model(cfg.model, bank["tok"].shape[0], cfg.seed)
+    load_body(model, body)
+    set_bank(model, bank)
+    return model.to(device)
+
+
+def train_steps(model, cfg: Config, next_batch: Callable[[], Tensor], steps: int, lr: float,
+                device, on_step: Callable[[int], None] | None = None) -> float:
+    """`steps` AdamW steps (warm-up over 10 %, cosine decay); returns the mean train loss."""
+    t = cfg.train
+    opt = make_optimizer(model, t)
+    warmup = max(1, steps // 10)
+    model.train()
+    loss_sum, tok_sum = 0.0, 0
+    for i in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i, steps, lr, warmup, t.min_lr_ratio)
+        with autocast_for(device):
+            loss, n = lm_loss(model, next_batch().to(device))
+        (loss / n).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum, tok_sum = loss_sum + float(loss.detach()), tok_sum + n
+        if on_step:
+            on_step(i + 1)
+    return loss_sum / max(tok_sum, 1)
+
+
+def continued_pretraining(cfg: Config, body: Body, bank: Bank, data: dict[str, SourceData],
+                          device) -> tuple[torch.nn.Module, dict]:
+    """CPT of `body` + `bank` on the mixture of `data` (global tokenizer); returns the model."""
+    t = cfg.train
+    steps = cpt_steps(cfg)
+    model = model_from(cfg, body, bank, device)
+    samplers = {k: BatchSampler(s.train, t.seq_len, t.batch_size,
+                                derived_seed(cfg.seed, "cpt-batches", k))
+                for k, s in data.items()}
+    probs = source_probs([s.train_tokens for s in data.values()], t.std_temperature)
+    rng = torch.Generator().manual_seed(derived_seed(cfg.seed, "cpt-mixture"))
+    loss = train_steps(model, cfg, lambda: mixture_batch(probs, samplers,
+                                                         t.sources_per_round * t.batch_size,
+                                                         rng),
+                       steps, cfg.evaluate.cpt_lr or t.lr, device)
+    return model, {"steps": steps, "train_loss": loss}
+
+
+def test_sets(cfg: Config, prepared: Path, tok_dir: Path, sources: list[str]
+              ) -> dict[str, tuple[Tensor, int]]:
+    """Test windows and their UTF-8 bytes per source (leading whole docs, capped)."""
+    out = {}
+    for name in sources:
+        stream, n_bytes = encode_split(tok_dir, prepared, name, "test", cfg.evaluate.test_tokens)
+        out[name] = (eval_windows(stream, cfg.train.seq_len), n_bytes)
+    return out
+
+
+def evaluate_sets(model, sets: dict[str, tuple[Tensor, int]], device) -> dict[str, dict]:
+    return {k: evaluate_windows(model, w, b, device) for k, (w, b) in sets.items()}
+
+
+def with_means(in_dist: dict[str, dict], out_dist: dict[str, dict]) -> dict:
+    return {"in_distribution": in_dist, "out_of_distribution": out_dist,
+            "in_distribution_bpb_mean": mean([v["bpb"] for v in in_dist.values()]),
+            "out_of_distribution_bpb_mean": mean([v["bpb"] for v in out_dist.values()]),
+            "in_distribution_ppl_mean": mean([v["ppl"] for v in in_dist.values()]),
+            "out_of_distribution_ppl_mean": mean([v["ppl"] for v in out_dist.values()])}
+
+
+def plasticity(cfg: Config, body: Body, vocab_size: int, source: SourceData, device
+               ) -> list[dict]:
+    """Bits/byte on `source`'s validation split after 0, E, 2E, ... K adaptation steps."""
+    ev = cfg.evaluate
+    model = model_from(cfg, body, fresh_bank(cfg, vocab_size), device)
+    sampler = BatchSampler(source.train, cfg.train.seq_len, cfg.train.batch_size,
+                           derived_seed(cfg.seed, "plasticity-batches", source.name))
+    curve = [{"step": 0, **evaluate_windows(model, source.val, source.val_bytes, device)}]
+
+    def on_step(step: int) -> None:
+        if step % ev.plasticity_eval_every == 0 or step == ev.plasticity_steps:
+            curve.append({"step": step,
+                          **evaluate_windows(model, source.val, source.val_bytes, device)})
+
+    train_steps(model, cfg, sampler.next, ev.plasticity_steps, cfg.train.lr, device, on_step)
+    return curve
+
+
+def global_data(cfg: Config, prepared: Path, tok_root: Path, sources: list[str]
+                ) -> dict[str, SourceData]:
+    """Sources as the global tokenizer reads them (what CPT and plasticity train on)."""
+    return load_sources("glob", sources, prepared, tok_root, cfg.train.seq_len,
+                        cfg.train.eval_tokens)

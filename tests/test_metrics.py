@@ -1,0 +1,119 @@
+"""Every evaluation metric against values worked out by hand."""
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dept_core import metrics
+from dept_core.errors import DataError
+
+
+def test_perplexity_and_bits_per_byte_by_hand():
+    # 3 tokens, each with loss ln 4 nats: perplexity 4; 3·ln4 nats = 6 bits over 4 bytes = 1.5
+    assert metrics.perplexity(3 * math.log(4), 3) == pytest.approx(4.0)
+    assert metrics.bits_per_byte(3 * math.log(4), 4) == pytest.approx(1.5)
+    assert metrics.bits_per_byte(8 * math.log(2), 4) == pytest.approx(2.0)
+    assert metrics.perplexity(1e9, 1) == pytest.approx(math.exp(50))  # capped, printable
+
+
+def test_improvement_accuracy_macro_f1_auc_by_hand():
+    assert metrics.improvement_pct(2.0, 1.5) == pytest.approx(25.0)
+    assert metrics.improvement_pct(2.0, 2.5) == pytest.approx(-25.0)
+    pred, gold = ["a", "b", "a", "c"], ["a", "b", "b", "c"]
+    assert metrics.accuracy(pred, gold) == 0.75
+    # a: tp 1, fp 1, fn 0 -> 2/3; b: tp 1, fp 0, fn 1 -> 2/3; c: 1 -> mean 7/9
+    assert metrics.macro_f1(pred, gold) == pytest.approx(7 / 9)
+    # a class predicted but never gold counts (F1 0), as scikit-learn's macro average
+    assert metrics.macro_f1(["a", "z"], ["a", "a"]) == pytest.approx((2 / 3 + 0) / 2)
+    with pytest.raises(ValueError):
+        metrics.accuracy(["a"], ["a", "b"])
+    # trapezoids: (10·(4+2)/2 + 10·(2+2)/2) / 20 = 2.5
+    assert metrics.area_under_curve([0, 10, 20], [4, 2, 2]) == pytest.approx(2.5)
+    assert metrics.mean([1.0, None, 3.0]) == 2.0 and metrics.mean([]) is None
+
+
+def test_unigram_ce_by_hand():
+    from dept_core.tokenizers import unigram_ce
+
+    # add-one on counts [3, 1]: p = [4/6, 2/6]; eval tokens 0, 1
+    expected = -(math.log(4 / 6) + math.log(2 / 6)) / 2
+    assert unigram_ce(np.array([3, 1]), [[0], [1]]) == pytest.approx(expected)
+
+
+class Uniform(torch.nn.Module):
+    """Logits all zero: every next token costs exactly ln V nats."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.w = vocab, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids):
+        return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)
+                                + 0 * self.w})()
+
+
+def test_evaluate_windows_by_hand():
+    from dept_core.batches import eval_windows
+    from dept_core.trainer import evaluate_windows
+
+    stream = torch.arange(11) % 7           # 10 predicted tokens
+    out = evaluate_windows(Uniform(8), eval_windows(stream, 4), n_bytes=20,
+                           device=torch.device("cpu"))
+    assert out["tokens"] == 10
+    assert out["loss"] == pytest.approx(math.log(8))
+    assert out["ppl"] == pytest.approx(8.0)
+    assert out["bpb"] == pytest.approx(10 * 3 / 20)  # 10 tokens × 3 bits / 20 bytes
+
+
+def test_downstream_task_file_errors_name_file_and_line(tmp_path):
+    from dept_core.downstream import load_task
+
+    path = tmp_path / "task.jsonl.gz"
+    good = {"text": "x", "label": "a", "split": "train"}
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps(good) + "\n" + json.dumps({"text": "y", "label": 3}) + "\n")
+    with pytest.raises(DataError, match=r"task.jsonl.gz:2: expected"):
+        load_task(path)
+    path.write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="unreadable"):
+        load_task(path)
+    plain = tmp_path / "task.jsonl"
+    plain.write_text(json.dumps(good) + "\n")
+    with pytest.raises(DataError, match="no 'test' rows"):
+        load_task(plain)
+    with pytest.raises(DataError, match="not found"):
+        load_task(tmp_path / "missing.jsonl")
+
+
+def test_finetune_scores_equal_recomputed_from_predictions(tokenized_root, tiny_cfg):
+    """Downstream on the real task: the reported accuracy/macro-F1 are those of the test
+    predictions, and every part of the classifier is trained."""
+    from dept_core import continued as cp
+    from dept_core import downstream as ds
+    from dept_core import tokenizers as tk
+    from dept_core.layout import TOKENIZERS
+    from dept_core.model import build_model, get_body
+
+    rows = [r for r in ds.load_task("corpus/downstream/topic.jsonl.gz", ["en", "de"])]
+    sp = tk.load(tokenized_root / TOKENIZERS / "global" / "spm.model")
+    vocab = sp.get_piece_size()
+    lm = cp.model_from(tiny_cfg, get_body(build_model(tiny_cfg.model, vocab, 0)),
+                       cp.fresh_bank(tiny_cfg, vocab), torch.device("cpu"))
+    cfg = tiny_cfg.model_copy(update={"evaluate": tiny_cfg.evaluate.model_copy(update={
+        "downstream": tiny_cfg.evaluate.downstream.model_copy(update={"steps": 30,
+                                                                      "max_len": 48})})})
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    out = ds.finetune(cfg, lm, sp, rows, torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in lm.state_dict().items())  # a copy
+    assert out["n_test"] == sum(r.split == "test" for r in rows)
+    assert set(out["accuracy_per_language"]) == {"en", "de"}
+    assert 0 <= out["macro_f1"] <= 1 and 0 <= out["accuracy"] <= 1
+    n_en = sum(r.split == "test" and r.lang == "en" for r in rows)
+    pooled = (out["accuracy_per_language"]["en"] * n_en
+              + out["accuracy_per_language"]["de"] * (out["n_test"] - n_en)) / out["n_test"]
+    assert pooled == pytest.approx(out["accuracy"])
+    assert out["final_train_loss"] < math.log(len(out["labels"]))  # it learned something
