@@ -23,7 +23,8 @@ stages (each also a DVC stage; `dvc repro` runs them in order):
   prepare      read, clean, de-duplicate and split the sources  -> data/prepared/
   tokenizers   SentencePiece: global, per-source, sub-vocabularies -> data/tokenizers/
   train        DEPT rounds for one variant              -> results/pretrain/<variant>/
-  evaluate     test-split bits/byte of one variant       -> results/evaluate/<variant>/
+  evaluate     test splits, continued pre-training, plasticity, downstream
+                                                        -> results/evaluate/<variant>/
   compare      the variants side by side                -> results/compare/
   ui           the MLflow UI on 127.0.0.1:5000
   serve        dept_pipeline as a scheduled Prefect deployment (flow.serve)
@@ -77,10 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, metavar="N",
                    help="= --set train.nproc_per_node=N (torchrun ranks on this node)")
     _common(p)
-    ev = sub.add_parser("evaluate", help="test-split bits/byte of a variant's models",
-                        description="Evaluate a variant's exported models on the test splits "
-                                    "(in distribution; held-out sources with the global model).")
-    ev.add_argument("--variant", required=True, choices=VARIANTS)
+    ev = sub.add_parser("evaluate", help="test splits, continued pre-training, plasticity, "
+                                         "downstream",
+                        description="Evaluate a variant: its exported models on the test "
+                                    "splits; continued pre-training with a fresh global "
+                                    "embedding; plasticity on the held-out sources; downstream "
+                                    "fine-tuning. `--variant random` evaluates the untrained "
+                                    "body (the floor).")
+    ev.add_argument("--variant", required=True, choices=[*VARIANTS, "random"])
     _common(ev)
     return parser
 

@@ -1,6 +1,11 @@
-"""evaluate: test-split perplexity and bits/byte of a variant's exported models.
+"""evaluate: everything the paper measures after pre-training, for one variant.
 
     python -m flows.evaluate --variant spec [--params params.yaml]
+    python -m flows.evaluate --variant random       # the untrained reference (floor)
+
+Writes results/evaluate/<variant>/metrics.json and records it as an MLflow run
+`evaluate-<variant>` (metrics per source, plasticity curves with their steps, downstream
+scores) — a child of the pipeline's run under `dept run`.
 """
 
 from __future__ import annotations
@@ -8,32 +13,74 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from dept_core.atomic import write_json
-from dept_core.errors import DataError
-from dept_core.evaluate import evaluate_variant
-from dept_core.layout import PREPARED, RESULTS
+from dept_core.evaluate import REFERENCE, run_protocol
+from dept_core.layout import RESULTS
+from dept_core.trainer import pick_device
 from flows.common import load
 from tasks.common import NO_CACHE
+from tasks.tracking import MlflowSink, mlflow_run
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """The evaluation as flat MLflow metric names (curves are logged with their steps)."""
+    out: dict[str, float] = {}
+    sections = {"test": result.get("as_trained"),
+                **{f"cpt_{k}": v for k, v in result.get("continued", {}).items()}}
+    for prefix, sec in sections.items():
+        if not sec:
+            continue
+        for dist, short in (("in_distribution", "id"), ("out_of_distribution", "ood")):
+            for src, m in sec[dist].items():
+                out[f"{prefix}_bpb/{src}"] = m["bpb"]
+                out[f"{prefix}_ppl/{src}"] = m["ppl"]
+            if sec[f"{dist}_bpb_mean"] is not None:
+                out[f"{prefix}_bpb_{short}_mean"] = sec[f"{dist}_bpb_mean"]
+    ds = result.get("downstream")
+    if ds:
+        out["downstream/accuracy"], out["downstream/macro_f1"] = ds["accuracy"], ds["macro_f1"]
+        for lang, acc in ds["accuracy_per_language"].items():
+            out[f"downstream/accuracy/{lang}"] = acc
+    return out
 
 
 @task(name="evaluate", task_run_name="evaluate-{variant}", **NO_CACHE)
-def evaluate_task(cfg, variant: str, root) -> dict:
-    models = root / RESULTS / "pretrain" / variant / "models"
-    if not models.is_dir():
-        raise DataError(f"{models}: missing — run `dept train --variant {variant}` first")
-    result = evaluate_variant(models, root / PREPARED, cfg.data.train_sources,
-                              cfg.data.heldout_sources, cfg.train.seq_len,
-                              cfg.train.eval_tokens * 4)
-    write_json(root / RESULTS / "evaluate" / variant / "metrics.json", result)
-    get_run_logger().info("%s: test bits/byte in-distribution %s, out-of-distribution %s",
-                          variant, result["in_distribution_bpb_mean"],
-                          result["out_of_distribution_bpb_mean"])
+def evaluate_task(cfg, variant: str, root, parent_run_id: str | None = None) -> dict:
+    log = get_run_logger()
+    with mlflow_run(root, cfg, f"evaluate-{variant}", {"variant": variant, "stage": "evaluate"},
+                    parent_run_id) as (client, run_id):
+        result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
+        path = root / RESULTS / "evaluate" / variant / "metrics.json"
+        write_json(path, result)
+        sink = MlflowSink(client, run_id)
+        sink.log(flat_metrics(result), step=0)
+        for src, curve in result.get("plasticity", {}).get("curves", {}).items():
+            for point in curve:
+                sink.log({f"plasticity_bpb/{src}": point["bpb"]}, step=point["step"])
+        client.log_artifact(run_id, str(path))
+    cpt = result.get("continued", {}).get("fresh", {})
+    log.info("%s: test bits/byte as trained %s; after CPT (fresh embedding) in/out of "
+             "distribution %s / %s; downstream accuracy %s", variant,
+             _fmt(result.get("as_trained", {}).get("in_distribution_bpb_mean")),
+             _fmt(cpt.get("in_distribution_bpb_mean")),
+             _fmt(cpt.get("out_of_distribution_bpb_mean")),
+             _fmt(result.get("downstream", {}).get("accuracy")))
     return result
+
+
+def _fmt(x) -> str:
+    return "—" if x is None else f"{x:.4f}"
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{variant}")
 def evaluate_flow(variant: str, params: str = "params.yaml",
                   overrides: list[str] | None = None, root: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)
+    if variant != REFERENCE:
+        from dept_core.errors import DataError
+
+        models = root_path / RESULTS / "pretrain" / variant / "models"
+        if not models.is_dir():
+            raise DataError(f"{models}: missing — run `dept train --variant {variant}` first")
     return evaluate_task(cfg, variant, root_path)
 
 

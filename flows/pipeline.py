@@ -1,4 +1,5 @@
-"""dept_pipeline: prepare -> tokenizers -> pretrain + evaluate every variant -> compare.
+"""dept_pipeline: prepare -> tokenizers -> pretrain + evaluate every variant (and the random
+reference) -> compare.
 
     python -m flows.pipeline [--params params.yaml] [--set key=value ...]
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from dept_core.layout import RESULTS
 from flows.common import load
-from flows.compare import compare_flow
+from dept_core.evaluate import REFERENCE
+from flows.compare import compare_flow, log_to_mlflow
 from flows.evaluate import evaluate_task
 from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
@@ -31,12 +32,11 @@ def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = Non
                     ) as (client, parent_id):
         for variant in cfg.train.variants:
             results[variant] = pretrain_task(cfg, variant, root_path, parent_id)
-            evaluate_task(cfg, variant, root_path)
-        compare_flow(params, overrides, str(root_path))
-        out = root_path / RESULTS / "compare"
-        for name in ("summary.md", "summary.json", "curves.csv"):
-            client.log_artifact(parent_id, str(out / name), "compare")
-        client.log_artifacts(parent_id, str(out / "plots"), "compare/plots")
+            evaluate_task(cfg, variant, root_path, parent_id)
+        if cfg.evaluate.reference:  # the untrained body: the floor of every comparison
+            evaluate_task(cfg, REFERENCE, root_path, parent_id)
+        compare_flow(params, overrides, str(root_path), mlflow_run_id=parent_id)
+        log_to_mlflow(client, parent_id, root_path)
     get_run_logger().info("done: %s", ", ".join(results))
     return results
 

@@ -88,7 +88,8 @@ def _final_mlflow_curves(root: Path) -> dict[str, list[tuple[int, float]]]:
                   and r.info.status == "FINISHED")
     out = {}
     for r in runs:
-        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id:
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id \
+                and r.info.run_name.startswith("pretrain-"):
             hist = client.get_metric_history(r.info.run_id, "val_bpb_mean")
             out[r.data.tags["variant"]] = sorted((m.step, m.value) for m in hist)
     return out

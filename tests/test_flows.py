@@ -31,9 +31,17 @@ def test_mlflow_holds_a_child_run_per_variant_with_round_metrics(project):
     runs = client.search_runs([exp.experiment_id])
     parent = [r for r in runs if r.info.run_name == "pipeline"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    children = {r.data.tags["variant"]: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    children = {r.data.tags["variant"]: r for r in kids if r.info.run_name.startswith("pretrain")}
     assert set(children) == {"glob", "trim", "spec", "spec_opt", "std"}
+    evals = {r.data.tags["variant"]: r for r in kids if r.info.run_name.startswith("evaluate")}
+    assert set(evals) == set(children) | {"random"}
+    for variant, run in evals.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["cpt_fresh_bpb_id_mean"] > 0
+        assert 0 <= run.data.metrics["downstream/accuracy"] <= 1
+        curve = client.get_metric_history(run.info.run_id, "plasticity_bpb/es")
+        assert [m.step for m in curve] == [0, 5, 10], variant
     for variant, run in children.items():
         assert run.data.params["train.rounds"] == "2" and run.data.tags["git_commit"]
         for key in ("val_bpb_mean", "comm/bytes_up", "comm/cumulative_bytes"):
@@ -42,7 +50,10 @@ def test_mlflow_holds_a_child_run_per_variant_with_round_metrics(project):
         assert run.data.metrics["final/val_bpb_mean"] > 0
         assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["prepared"]
     arts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "compare")}
-    assert {"compare/summary.md", "compare/plots"} <= arts
+    assert {"compare/summary.md", "compare/summary.json", "compare/plots"} <= arts
+    plots = {a.path for a in client.list_artifacts(parent[0].info.run_id, "compare/plots")}
+    assert {"compare/plots/bpb_per_source.png", "compare/plots/plasticity.png",
+            "compare/plots/bpb_vs_comm.png"} <= plots
     models = {a.path for a in client.list_artifacts(children["glob"].info.run_id, "models")}
     assert "models/global" in models
     spec = client.get_metric_history(children["spec"].info.run_id, "comm/cumulative_bytes")
@@ -65,10 +76,31 @@ def test_stage_outputs(project):
         assert len(m["comm"]["per_round"]) == m["rounds"] == 2
     for variant in ("glob", "std", "spec"):
         ev = json.loads((project / f"results/evaluate/{variant}/metrics.json").read_text())
-        assert ev["in_distribution"] and ev["in_distribution_bpb_mean"] > 0
-        assert set(ev["out_of_distribution"]) == (set() if variant == "spec" else {"es"})
+        trained = ev["as_trained"]
+        assert trained["in_distribution"] and trained["in_distribution_bpb_mean"] > 0
+        assert set(trained["out_of_distribution"]) == (set() if variant == "spec" else {"es"})
+        # the paper's protocol: every body, STD included, continued with a fresh embedding
+        assert set(ev["continued"]) == ({"fresh"} if variant == "spec" else
+                                        {"fresh", "pretrained"})
+        fresh = ev["continued"]["fresh"]
+        assert fresh["steps"] == 2  # round(0.17 * 2 rounds * 5 local steps)
+        assert set(fresh["in_distribution"]) == {"en", "de", "ja"}
+        assert set(fresh["out_of_distribution"]) == {"es"}
+        assert [p["step"] for p in ev["plasticity"]["curves"]["es"]] == [0, 5, 10]
+        assert ev["downstream"]["n_test"] > 0 and set(ev["downstream"]["accuracy_per_language"]) \
+            == {"en", "de", "ja", "es"}
+    ref = json.loads((project / "results/evaluate/random/metrics.json").read_text())
+    assert "as_trained" not in ref and ref["downstream"]["accuracy"] >= 0
     summary = (project / "results/compare/summary.md").read_text()
-    assert summary.startswith("| variant | mean bits/byte | vs STD |") and "| std |" in summary
+    assert summary.startswith("## Pre-training") and "| std |" in summary
+    for heading in ("## Test bits/byte per source", "## Plasticity", "## Downstream",
+                    "## Verdict"):
+        assert heading in summary
+    data = json.loads((project / "results/compare/summary.json").read_text())
+    assert set(data["evaluation"]["downstream"]) == {"std", "glob", "trim", "spec", "spec_opt",
+                                                     "random"}
+    assert (project / "results/compare/plasticity.csv").read_text().startswith(
+        "step,std,glob,trim,spec,spec_opt,random")
     models = project / "results/pretrain/spec/models"
     assert {p.name for p in models.iterdir()} <= {"en", "de", "ja"}
     assert (project / "results/pretrain/std/models/global/model.safetensors").is_file()
