@@ -248,7 +248,7 @@ def verdict(summary: dict) -> list[str]:
                 dept = _best(rows, key, exclude=("random", "std"))
                 if dept:
                     line += (f"; the best DEPT variant, {dept[0]}, is "
-                             f"{-improvement_pct(best[1], dept[1]):+.1f} % worse")
+                             f"{-improvement_pct(best[1], dept[1]):.1f} % worse")
             out.append(line + ".")
         per_src = {s: _best({v: {"x": r["bpb"].get(s)} for v, r in rows.items()}, "x")
                    for s in ev["in_distribution"] + ev["out_of_distribution"]}

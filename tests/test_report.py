@@ -61,7 +61,7 @@ def test_evaluation_tables_verdict_and_plasticity_by_hand():
     assert "in distribution, CPT, fresh global embedding: lowest is **spec** (1.500), " \
            "+25.0 % vs STD" in verdict
     assert "out of distribution, CPT, fresh global embedding: lowest is **std** (4.000); " \
-           "the best DEPT variant, spec, is +25.0 % worse" in verdict
+           "the best DEPT variant, spec, is 25.0 % worse" in verdict
     assert "most plastic body is **spec** (5.000); the untrained body scores 7.000" in verdict
     assert "best is **spec** (accuracy 0.600" in verdict and "2 of 2 pre-trained" in verdict
     assert report.plasticity_csv(s).splitlines() == [
