@@ -1,6 +1,7 @@
 """Orchestration overhead of the pipeline: Prefect + MLflow + DVC as a share of wall time.
 
     python benchmarks/orchestration.py [--params configs/smoke.yaml] [--skip-dvc]
+                                       [--skip-per-stage-servers]
 
 Runs the same pipeline three ways, side by side, in fresh copies of the project:
   compute  the dept_core functions called directly in one process (no orchestration);
@@ -29,6 +30,8 @@ from dept_core.config import load_config
 from dept_core.data import prepare, write_prepared, read_split
 from dept_core import tokenizers as tk, report
 from dept_core.run import train_variant, export_all
+from dept_core.evaluate import run_protocol
+import torch
 root = Path.cwd(); cfg = load_config("params.yaml")
 t = time.perf_counter()
 write_prepared(prepare(cfg, root), root / "data/prepared", set(cfg.data.heldout_sources))
@@ -38,12 +41,17 @@ val = {n: read_split(root / "data/prepared", n, "val") for n in names}
 g, per = tk.plan(cfg, train)
 tk.assemble(cfg, train, val, tk.train_sentencepiece(g),
             {n: tk.train_sentencepiece(s) for n, s in per.items()}, root / "data/tokenizers")
-metrics = {}
+metrics, evals = {}, {}
 for v in cfg.train.variants:
     res, data = train_variant(cfg, v, root / "data/prepared", root / "data/tokenizers", None)
-    export_all(cfg, res, data, root / "data/tokenizers", root / "results/pretrain" / v)
+    export_all(cfg, res, data, root / "data/tokenizers", root / "results/pretrain" / v / "models")
     metrics[v] = res.metrics
+    evals[v] = run_protocol(cfg, v, root, torch.device("cpu"), log=lambda _: None)
+if cfg.evaluate.reference:
+    evals["random"] = run_protocol(cfg, "random", root, torch.device("cpu"), log=lambda _: None)
+summary = report.summarise(metrics, evals)
 report.plot(metrics, root)
+report.plot_evaluation(summary, root)
 print(f"COMPUTE_SECONDS {time.perf_counter() - t:.3f}")
 """
 
@@ -66,6 +74,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(REPO / "configs/smoke.yaml"))
     ap.add_argument("--skip-dvc", action="store_true")
+    ap.add_argument("--skip-per-stage-servers", action="store_true",
+                    help="skip `dvc repro` with a temporary Prefect server per stage")
     args = ap.parse_args()
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
@@ -85,6 +95,7 @@ def main() -> None:
         rows.append(("dvc repro, one shared Prefect server (make demo)",
                      timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
                            fresh_copy(Path(args.params)), env)))
+    if not args.skip_dvc and not args.skip_per_stage_servers:
         rows.append(("dvc repro, a temporary server per stage",
                      timed(["dvc", "repro"], fresh_copy(Path(args.params)), env)))
     print(f"params: {args.params}   compute (core functions only): {compute:.1f} s")
