@@ -56,19 +56,10 @@ def params(args) -> dict:
 def build(root: Path, raw: dict) -> None:
     import yaml
 
-    from dept_core import tokenizers as tk
-    from dept_core.config import validate
-    from dept_core.data import prepare, read_split, write_prepared
+    from common import build_project
 
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    cfg = validate(raw)
-    write_prepared(prepare(cfg, root), root / "data/prepared", set())
-    names = [s.name for s in cfg.data.sources]
-    train = {n: read_split(root / "data/prepared", n, "train") for n in names}
-    val = {n: read_split(root / "data/prepared", n, "val") for n in names}
-    g, per = tk.plan(cfg, train)
-    tk.assemble(cfg, train, val, tk.train_sentencepiece(g),
-                {n: tk.train_sentencepiece(s) for n, s in per.items()}, root / "data/tokenizers")
+    build_project(raw, root)
 
 
 def timed(cmd: list[str], env: dict) -> float:

@@ -27,20 +27,14 @@ COMPUTE = r"""
 import sys, time
 from pathlib import Path
 from dept_core.config import load_config
-from dept_core.data import prepare, write_prepared, read_split
-from dept_core import tokenizers as tk, report
+from benchmarks.common import build_project
+from dept_core import report
 from dept_core.run import train_variant, export_all
 from dept_core.evaluate import run_protocol
 import torch
 root = Path.cwd(); cfg = load_config("params.yaml")
 t = time.perf_counter()
-write_prepared(prepare(cfg, root), root / "data/prepared", set(cfg.data.heldout_sources))
-names = [s.name for s in cfg.data.sources]
-train = {n: read_split(root / "data/prepared", n, "train") for n in names}
-val = {n: read_split(root / "data/prepared", n, "val") for n in names}
-g, per = tk.plan(cfg, train)
-tk.assemble(cfg, train, val, tk.train_sentencepiece(g),
-            {n: tk.train_sentencepiece(s) for n, s in per.items()}, root / "data/tokenizers")
+build_project(cfg.model_dump(mode="json"), root)
 metrics, evals = {}, {}
 for v in cfg.train.variants:
     res, data = train_variant(cfg, v, root / "data/prepared", root / "data/tokenizers", None)

@@ -33,10 +33,10 @@ from torch import Tensor
 from dept_core.batches import BatchSampler, derived_seed, eval_windows
 from dept_core.config import Config
 from dept_core.metrics import mean
-from dept_core.model import build_model, init_bank, load_body, lm_loss, lr_at, set_bank
+from dept_core.model import build_model, init_bank, load_body, lr_at, set_bank
 from dept_core.sourcedata import SourceData, encode_split, load_sources
 from dept_core.std import mixture_batch, source_probs
-from dept_core.trainer import autocast_for, evaluate_windows, make_optimizer
+from dept_core.trainer import evaluate_windows, local_train, make_optimizer
 
 Body = dict[str, Tensor]
 Bank = dict[str, Tensor]
@@ -59,44 +59,50 @@ def model_from(cfg: Config, body: Body, bank: Bank, device) -> torch.nn.Module:
     return model.to(device)
 
 
-def train_steps(model, cfg: Config, next_batch: Callable[[], Tensor], steps: int, lr: float,
-                device, on_step: Callable[[int], None] | None = None) -> float:
-    """`steps` AdamW steps (warm-up over 10 %, cosine decay); returns the mean train loss."""
+class MixtureSampler:
+    """Batches of `n` sequences from the mixture, p_k ∝ n_k^τ (STD's sampling)."""
+
+    def __init__(self, cfg: Config, data: dict[str, SourceData], tag: str):
+        t = cfg.train
+        self.samplers = {k: BatchSampler(s.train, t.seq_len, t.batch_size,
+                                         derived_seed(cfg.seed, f"{tag}-batches", k))
+                         for k, s in data.items()}
+        self.probs = source_probs([s.train_tokens for s in data.values()], t.std_temperature)
+        self.rng = torch.Generator().manual_seed(derived_seed(cfg.seed, f"{tag}-mixture"))
+        self.n = t.sources_per_round * t.batch_size
+
+    def next(self) -> Tensor:
+        return mixture_batch(self.probs, self.samplers, self.n, self.rng)
+
+
+def train_steps(model, cfg: Config, sampler, steps: int, lr: float, device,
+                every: int | None = None, on_chunk: Callable[[int], None] | None = None
+                ) -> float:
+    """`steps` AdamW steps of the shared inner loop (`trainer.local_train`), warm-up over
+    10 % then cosine decay; `on_chunk(step)` after every `every` steps. Mean train loss."""
     t = cfg.train
     opt = make_optimizer(model, t)
     warmup = max(1, steps // 10)
-    model.train()
-    loss_sum, tok_sum = 0.0, 0
-    for i in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(i, steps, lr, warmup, t.min_lr_ratio)
-        with autocast_for(device):
-            loss, n = lm_loss(model, next_batch().to(device))
-        (loss / n).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_sum, tok_sum = loss_sum + float(loss.detach()), tok_sum + n
-        if on_step:
-            on_step(i + 1)
+    done, loss_sum, tok_sum = 0, 0.0, 0
+    while done < steps:
+        n = min(every or steps, steps - done)
+        stats = local_train(model, opt, sampler, n, done,
+                            lambda s: lr_at(s, steps, lr, warmup, t.min_lr_ratio),
+                            t.grad_clip, device)
+        done += n
+        loss_sum, tok_sum = loss_sum + stats.loss * stats.tokens, tok_sum + stats.tokens
+        if on_chunk:
+            on_chunk(done)
     return loss_sum / max(tok_sum, 1)
 
 
 def continued_pretraining(cfg: Config, body: Body, bank: Bank, data: dict[str, SourceData],
                           device) -> tuple[torch.nn.Module, dict]:
     """CPT of `body` + `bank` on the mixture of `data` (global tokenizer); returns the model."""
-    t = cfg.train
     steps = cpt_steps(cfg)
     model = model_from(cfg, body, bank, device)
-    samplers = {k: BatchSampler(s.train, t.seq_len, t.batch_size,
-                                derived_seed(cfg.seed, "cpt-batches", k))
-                for k, s in data.items()}
-    probs = source_probs([s.train_tokens for s in data.values()], t.std_temperature)
-    rng = torch.Generator().manual_seed(derived_seed(cfg.seed, "cpt-mixture"))
-    loss = train_steps(model, cfg, lambda: mixture_batch(probs, samplers,
-                                                         t.sources_per_round * t.batch_size,
-                                                         rng),
-                       steps, cfg.evaluate.cpt_lr or t.lr, device)
+    loss = train_steps(model, cfg, MixtureSampler(cfg, data, "cpt"), steps,
+                       cfg.evaluate.cpt_lr or cfg.train.lr, device)
     return model, {"steps": steps, "train_loss": loss}
 
 
@@ -131,12 +137,12 @@ def plasticity(cfg: Config, body: Body, vocab_size: int, source: SourceData, dev
                            derived_seed(cfg.seed, "plasticity-batches", source.name))
     curve = [{"step": 0, **evaluate_windows(model, source.val, source.val_bytes, device)}]
 
-    def on_step(step: int) -> None:
-        if step % ev.plasticity_eval_every == 0 or step == ev.plasticity_steps:
-            curve.append({"step": step,
-                          **evaluate_windows(model, source.val, source.val_bytes, device)})
+    def on_chunk(step: int) -> None:
+        curve.append({"step": step,
+                      **evaluate_windows(model, source.val, source.val_bytes, device)})
 
-    train_steps(model, cfg, sampler.next, ev.plasticity_steps, cfg.train.lr, device, on_step)
+    train_steps(model, cfg, sampler, ev.plasticity_steps, cfg.train.lr, device,
+                ev.plasticity_eval_every, on_chunk)
     return curve
 
 

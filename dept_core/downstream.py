@@ -15,8 +15,6 @@ pre-training with the global tokenizer (so all variants read the task with the s
 from __future__ import annotations
 
 import copy
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from dept_core.config import Config
 from dept_core.errors import DataError
 from dept_core.metrics import accuracy, macro_f1
 from dept_core.model import SPECIAL_IDS, lr_at
+from dept_core.sources import json_records
 from dept_core.trainer import autocast_for
 
 PAD_ID = SPECIAL_IDS["pad_token_id"]
@@ -45,26 +44,13 @@ def load_task(path: Path, languages: list[str] | None = None) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: downstream task file not found (evaluate.downstream.path)")
-    opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str) \
-                        or not isinstance(row.get("label"), str) \
-                        or row.get("split") not in ("train", "test"):
-                    raise DataError(f"{path}:{i}: expected {{text: str, label: str, "
-                                    f"split: train|test}}")
-                rows.append(Example(row["text"], row["label"], row["split"],
-                                    str(row.get("lang", ""))))
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    for i, row in json_records(path):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) \
+                or not isinstance(row.get("label"), str) \
+                or row.get("split") not in ("train", "test"):
+            raise DataError(f"{path}:{i}: expected {{text: str, label: str, split: train|test}}")
+        rows.append(Example(row["text"], row["label"], row["split"], str(row.get("lang", ""))))
     if languages is not None:
         rows = [r for r in rows if r.lang in set(languages)]
     for split in ("train", "test"):

@@ -26,15 +26,14 @@ import torch
 from dept_core import continued as cp
 from dept_core import tokenizers as tk
 from dept_core.batches import eval_windows
+from dept_core import REPO_ROOT
 from dept_core.config import Config
 from dept_core.downstream import finetune, load_task
 from dept_core.errors import DataError
 from dept_core.export import check_model_dir
 from dept_core.layout import PREPARED, RESULTS, TOKENIZERS
 from dept_core.model import build_model, get_bank, get_body
-from dept_core.export import check_model_dir
 from dept_core.sourcedata import encode_split
-from dept_core.sources import REPO_ROOT
 from dept_core.trainer import evaluate_windows
 
 REFERENCE = "random"
@@ -127,9 +126,9 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
         lap("as_trained")
         body, pre_bank = pretrained_parts(models_dir)
 
-    tests = cp.test_sets(cfg, prepared, global_dir, train_src + heldout)
     cpt_model = None
     if cp.cpt_steps(cfg) > 0:
+        tests = cp.test_sets(cfg, prepared, global_dir, train_src + heldout)
         data = cp.global_data(cfg, prepared, tok_root, train_src)
         starts = {"fresh": cp.fresh_bank(cfg, vocab)}
         if pre_bank is not None and variant in ev.cpt_from_pretrained:

@@ -72,7 +72,12 @@ def _read_text_file(path: Path, source: str) -> str:
         ) from None
 
 
-def _jsonl_lines(path: Path, field: str, source: str, opener) -> Iterator[Doc]:
+def json_records(path: Path, prefix: str = "", opener=None) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of each non-blank line of a JSON-lines file (`.gz`: gzip).
+
+    Every failure is a DataError naming `prefix`, the file and, for bad JSON, the line.
+    """
+    opener = opener or (gzip.open if Path(path).suffix == ".gz" else open)
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -82,17 +87,19 @@ def _jsonl_lines(path: Path, field: str, source: str, opener) -> Iterator[Doc]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(
-                        f"source '{source}': {path}:{lineno}: not valid JSON ({exc.msg})"
-                    ) from None
-                if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                    raise DataError(
-                        f"source '{source}': {path}:{lineno}: no string field '{field}'"
-                    )
-                yield str(obj.get("id", f"{path.name}:{lineno}")), obj[field]
+                        f"{prefix}{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                yield lineno, obj
     except UnicodeDecodeError as exc:
-        raise DataError(f"source '{source}': {path} is not UTF-8 ({exc.reason})") from None
+        raise DataError(f"{prefix}{path} is not UTF-8 ({exc.reason})") from None
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"source '{source}': cannot read {path} ({exc})") from None
+        raise DataError(f"{prefix}cannot read {path} ({exc})") from None
+
+
+def _jsonl_lines(path: Path, field: str, source: str, opener) -> Iterator[Doc]:
+    for lineno, obj in json_records(path, f"source '{source}': ", opener):
+        if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+            raise DataError(f"source '{source}': {path}:{lineno}: no string field '{field}'")
+        yield str(obj.get("id", f"{path.name}:{lineno}")), obj[field]
 
 
 def _hf(src: HFSource, root: Path) -> Iterator[Doc]:
