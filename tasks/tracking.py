@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from dept_core import faults
 from dept_core.config import Config
 from dept_core.errors import DeptError
-from dept_core.layout import PREPARED
+from dept_core import layout
 
 EXPERIMENT = "dept"
 
@@ -79,7 +79,7 @@ def _git_commit(root: Path) -> str:
 
 def data_digest(root: Path) -> str:
     """Digest of the prepared data (its manifest holds every split's sha256)."""
-    manifest = Path(root) / PREPARED / "manifest.json"
+    manifest = layout.prepared(root) / "manifest.json"
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else ""
 
 
@@ -99,10 +99,67 @@ class MlflowSink:
             self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
 
 
+def _process_id() -> str:
+    """This process as `host:pid:start-time` (the start time tells a reused pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    try:  # field 22 of /proc/<pid>/stat: start time in clock ticks since boot (Linux)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _is_dead(process: str) -> bool:
+    """True when `process` (from `_process_id`) ran on this host and is gone."""
+    host, _, rest = process.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's run: it may still be going
+    if not Path("/proc").is_dir():
+        try:
+            os.kill(int(pid), 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return _start_time(int(pid)) != started
+
+
+def run_key_tag(name: str, cfg: Config, root: Path) -> str:
+    """What a run does: its name, config and prepared data. A run with the same key that a
+    crash left RUNNING is the one this run continues."""
+    h = hashlib.sha256(name.encode())
+    h.update(cfg.model_dump_json().encode())
+    h.update(data_digest(root).encode())
+    return h.hexdigest()[:16]
+
+
+def close_crashed_runs(client, exp_id: str, key: str, new_run_id: str) -> list[str]:
+    """Runs of the same key left RUNNING by a process that died (kill -9, power loss) on this
+    host: marked KILLED, tagged with the run that continues their work."""
+    closed = []
+    for run in client.search_runs([exp_id], f"tags.`dept.key` = '{key}' and "
+                                            f"attributes.status = 'RUNNING'"):
+        if run.info.run_id == new_run_id or not _is_dead(run.data.tags.get("dept.process", "")):
+            continue
+        client.set_tag(run.info.run_id, "dept.continued_by", new_run_id)
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
 @contextmanager
 def mlflow_run(root: Path, cfg: Config, name: str, tags: dict[str, str],
                parent_run_id: str | None = None) -> Iterator[tuple[object, str]]:
-    """Start a run (child of `parent_run_id` if given); always end it, FAILED on error."""
+    """Start a run (child of `parent_run_id` if given); always end it, FAILED on error.
+
+    A run of the same name, config and data that a crashed process left RUNNING is marked
+    KILLED and tagged `dept.continued_by` with this run's id (the new run re-logs the work
+    the crashed one had finished: a resumed training re-logs its finished rounds)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(root))
@@ -115,11 +172,14 @@ def mlflow_run(root: Path, cfg: Config, name: str, tags: dict[str, str],
         uri = tracking_uri(root)
         raise DeptError(f"MLflow tracking URI {redact(uri)!r} is unusable: "
                         f"{first.replace(uri, redact(uri))}") from None
-    all_tags = {"git_commit": _git_commit(root), "dvc_data_digest": data_digest(root), **tags}
+    key = run_key_tag(name, cfg, root)
+    all_tags = {"git_commit": _git_commit(root), "dvc_data_digest": data_digest(root),
+                "dept.key": key, "dept.process": _process_id(), **tags}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp_id, run_name=name, tags=all_tags)
     run_id = run.info.run_id
+    close_crashed_runs(client, exp_id, key, run_id)
     from mlflow.entities import Param
 
     params = [Param(k, v) for k, v in flatten(cfg.model_dump(mode="json")).items()]
@@ -141,5 +201,5 @@ def _log_dataset(client, run_id: str, root: Path) -> None:
     digest = data_digest(root)
     if digest:
         ds = Dataset(name="prepared", digest=digest, source_type="local",
-                     source=str(Path(root).resolve() / PREPARED))
+                     source=str(layout.prepared(Path(root).resolve())))
         client.log_inputs(run_id, datasets=[DatasetInput(dataset=ds, tags=[])])

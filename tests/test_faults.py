@@ -148,3 +148,24 @@ def test_tracking_has_every_round_after_resume(chain, reference_run):
     got, want = _final_mlflow_curves(root), _final_mlflow_curves(reference_run)
     assert set(got) == set(CLI_VARIANTS)
     assert got == want
+
+
+def test_runs_a_kill_left_running_are_marked_killed_and_point_at_their_successor(chain):
+    """Every MLflow run a kill -9 left RUNNING is KILLED once the work is continued, and its
+    `dept.continued_by` tag names the run (same name, config and data) that continued it."""
+    from mlflow.tracking import MlflowClient
+
+    root, _ = chain
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("dept").experiment_id])
+    by_id = {r.info.run_id: r for r in runs}
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    # killed mid-round (pipeline + pretrain-glob), at the checkpoint write and at the MLflow
+    # log: the runs those processes had open
+    assert {r.info.run_name for r in killed} >= {"pipeline", "pretrain-glob"}
+    for run in killed:
+        successor = by_id[run.data.tags["dept.continued_by"]]
+        assert successor.data.tags["dept.key"] == run.data.tags["dept.key"]
+        assert successor.info.run_name == run.info.run_name
+        assert successor.info.start_time > run.info.start_time
