@@ -5,7 +5,7 @@
 Builds the smoke project (3 sources), runs every variant for 2 rounds (1 local step: the bytes
 do not depend on N_local for DEPT) with a RoPE model (no positional table) and a GPT-2 model
 (learned positions, the L·d term of Table 1), and prints measured bytes per round next to
-`comm.table1_bytes_per_round` (paper Table 1: GLOB O(M), TRIM O(M − (|V|−|V_k|)·d),
+`policies.table1_bytes_per_round` (paper Table 1: GLOB O(M), TRIM O(M − (|V|−|V_k|)·d),
 SPEC O(M − (|V|+L)·d) per source and direction, per round = per N_local steps).
 STD is data-parallel training: 2·M·4 bytes per worker per step.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from common import build_project, smoke_raw
 
-from dept_core.comm import table1_bytes_per_round
+from dept_core import variants
 from dept_core.config import validate
 from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.model import numel
@@ -30,12 +30,12 @@ def main() -> None:
         raw = smoke_raw(rounds=2, local_steps=1, eval_every=100)
         raw["model"]["family"] = family
         cfg = validate(raw)
-        for variant in ("glob", "trim", "spec", "spec_opt", "std"):
+        for variant in variants.names():
             res, data = train_variant(cfg, variant, root / PREPARED, root / TOKENIZERS, None)
             m = res.metrics
             for h, measured in zip(m["history"], m["comm"]["per_round"]):
                 got = measured["down"] + measured["up"]
-                if variant == "std":
+                if variants.get(variant).centralised:
                     full = numel(res.body) + numel(res.global_bank)
                     want = 2 * full * 4 * cfg.train.sources_per_round * cfg.train.local_steps
                 else:

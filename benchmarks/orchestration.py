@@ -29,7 +29,7 @@ from pathlib import Path
 from dept_core.config import load_config
 from benchmarks.common import build_project
 from dept_core import report
-from dept_core.run import train_variant, export_all
+from dept_core.run import train_variant, write_outputs
 from dept_core.evaluate import run_protocol
 import torch
 root = Path.cwd(); cfg = load_config("params.yaml")
@@ -37,13 +37,13 @@ t = time.perf_counter()
 build_project(cfg.model_dump(mode="json"), root)
 metrics, evals = {}, {}
 for v in cfg.train.variants:
-    res, data = train_variant(cfg, v, root / "data/prepared", root / "data/tokenizers", None)
-    export_all(cfg, res, data, root / "data/tokenizers", root / "results/pretrain" / v / "models")
+    res, _ = train_variant(cfg, v, root / "data/prepared", root / "data/tokenizers", None)
+    write_outputs(cfg, res, root / "data/tokenizers", root / "results/pretrain" / v)
     metrics[v] = res.metrics
     evals[v] = run_protocol(cfg, v, root, torch.device("cpu"), log=lambda _: None)
 if cfg.evaluate.reference:
     evals["random"] = run_protocol(cfg, "random", root, torch.device("cpu"), log=lambda _: None)
-summary = report.summarise(metrics, evals)
+summary = report.comparison(metrics, evals)
 report.plot(metrics, root)
 report.plot_evaluation(summary, root)
 print(f"COMPUTE_SECONDS {time.perf_counter() - t:.3f}")

@@ -4,7 +4,7 @@
 
 Same process, model (the same HF Llama config and initial weights), batch shape, optimiser
 (AdamW, same hyper-parameters, gradient clipping) and device. The DEPT side is one whole round
-of `dept_core.rounds.run_round` with one sampled source (download θ and the bank, N_local
+of `dept_core.rounds.DeptRun.run_round` with one sampled source (download θ and the bank, N_local
 inner steps in `trainer.local_train`, Δθ, upload, outer step, aggregation: paper Algorithm 1);
 the bare side is the loop one writes by hand. Repetitions alternate between the two (ABBA...)
 so that load from other processes hits both alike; tokens/s are medians over repetitions.
@@ -23,7 +23,7 @@ from torch import nn  # noqa: E402
 from dept_core.batches import BatchSampler, derived_seed  # noqa: E402
 from dept_core.config import validate  # noqa: E402
 from dept_core.model import build_model  # noqa: E402
-from dept_core.rounds import _setup, run_round  # noqa: E402
+from dept_core.run import build_run  # noqa: E402
 from dept_core.sourcedata import SourceData  # noqa: E402
 
 
@@ -47,12 +47,12 @@ class Dept:
     """One DEPT round per call, through the rounds machinery (the production path)."""
 
     def __init__(self, cfg, variant: str, vocab: int):
-        self.cfg, self.data = cfg, {"src": source(vocab, cfg.train.seq_len)}
-        self.model, self.state = _setup(cfg, variant, self.data, vocab)
+        self.cfg = cfg
+        self.run = build_run(cfg, variant, {"src": source(vocab, cfg.train.seq_len)}, vocab,
+                             torch.device("cpu"))
 
     def __call__(self) -> int:
-        run_round(self.model, self.state, self.cfg, self.data, torch.device("cpu"))
-        self.state.done += 1
+        self.run.run_round()
         return self.cfg.train.local_steps * self.cfg.train.batch_size * self.cfg.train.seq_len
 
 

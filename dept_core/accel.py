@@ -1,4 +1,4 @@
-"""The GPU path: device choice per rank, pinned-memory batches, optional torch.compile.
+"""The GPU path: the device choice (per rank), pinned-memory batches, optional torch.compile.
 
 Wrapping, kept apart from the model definition (model.py) as torchtitan keeps `parallelize`
 apart from `model`. The rest of the GPU path lives where it is used: bf16 autocast on CUDA
@@ -16,18 +16,23 @@ from torch import Tensor
 
 from dept_core.batches import BatchSampler
 from dept_core.config import Config
+from dept_core.errors import ConfigError
 
 
-def rank_device(pref: str, local_rank: int, cuda_available: bool | None = None
-                ) -> torch.device:
-    """The device of a rank: `cuda:<local_rank>` when CUDA is chosen (auto: if present)."""
+def pick_device(pref: str = "auto", local_rank: int | None = None,
+                cuda_available: bool | None = None) -> torch.device:
+    """`train.device` resolved: CUDA when chosen (auto: when present), else the CPU.
+
+    With `local_rank` (a torchrun rank) the device is `cuda:<local_rank>`.
+    """
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     if pref == "cuda" and not cuda_available:
-        raise RuntimeError("train.device is 'cuda' but CUDA is not available")
+        raise ConfigError("train.device: 'cuda', but CUDA is not available on this machine "
+                          "(use auto or cpu)")
     if pref == "cpu" or not cuda_available:
         return torch.device("cpu")
-    return torch.device("cuda", local_rank)
+    return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
 
 
 def dist_backend(device: torch.device) -> str:
@@ -75,9 +80,9 @@ def compile_blocks(model, **kwargs) -> int:
     return len(blocks)
 
 
-def prepare(model, state, cfg: Config, device: torch.device) -> None:
-    """Place and wrap the working model and the run state for `device`."""
+def prepare(model, samplers: dict, cfg: Config, device: torch.device) -> dict:
+    """Place and wrap the working model for `device`; the batch samplers to use there."""
     model.to(device)
     if cfg.train.compile:
         compile_blocks(model)
-    state.samplers = pin_samplers(state.samplers, device)
+    return pin_samplers(samplers, device)

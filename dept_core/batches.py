@@ -56,6 +56,43 @@ class BatchSampler:
         self.generator.set_state(state)
 
 
+def source_probs(tokens: Sequence[int], tau: float) -> Tensor:
+    """p_k ∝ n_k^τ (τ = 0: uniform, τ = 1: proportional to the tokens n_k)."""
+    w = torch.tensor(list(tokens), dtype=torch.float64) ** tau
+    return w / w.sum()
+
+
+class MixtureSampler:
+    """Batches of `n` sequences from a mixture: each sequence's source is drawn with
+    probability p_k ∝ n_k^τ, then a window of that source (STD's batches, and CPT's).
+
+    `batch_tag` and `mixture_tag` name the seeds (per-source windows, source draws), so two
+    samplers over the same data (pre-training, continued pre-training) draw different batches.
+    """
+
+    def __init__(self, streams: dict[str, Tensor], seq_len: int, n: int, tau: float,
+                 seed: int, batch_tag: str, mixture_tag: str):
+        self.samplers = {k: BatchSampler(s, seq_len, n, derived_seed(seed, batch_tag, k))
+                         for k, s in streams.items()}
+        self.probs = source_probs([len(s) for s in streams.values()], tau)
+        self.rng = torch.Generator().manual_seed(derived_seed(seed, mixture_tag))
+        self.n = n
+
+    def next(self) -> Tensor:
+        picks = torch.multinomial(self.probs, self.n, replacement=True, generator=self.rng)
+        counts = torch.bincount(picks, minlength=len(self.samplers)).tolist()
+        return torch.cat([s.next(c) for s, c in zip(self.samplers.values(), counts) if c])
+
+    def state(self) -> dict[str, Tensor]:
+        return {"mixture": self.rng.get_state(),
+                **{f"batches/{k}": s.state() for k, s in self.samplers.items()}}
+
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        self.rng.set_state(state["mixture"])
+        for k, s in self.samplers.items():
+            s.set_state(state[f"batches/{k}"])
+
+
 def eval_windows(stream: Tensor, seq_len: int) -> Tensor:
     """Non-overlapping windows covering every token of the stream after the first.
 

@@ -55,19 +55,3 @@ class CommLedger:
     def load_state_dict(self, records: list[list]) -> None:
         self.records = [tuple(r) for r in records]  # type: ignore[misc]
 
-
-def table1_bytes_per_round(variant: str, body: int, vocab: int, sub_vocabs: list[int],
-                           d_model: int, pos_rows: int, elem: int = 4) -> int:
-    """The paper's Table 1 per-round volume, up plus down, summed over the round's sources.
-
-    M − (|V| − |V_k|)·d for TRIM and M − (|V| + L)·d for SPEC per source and direction, with
-    M = body + |V|·d + L·d (L = rows of the positional table; 0 for RoPE/ALiBi models).
-    """
-    full = body + (vocab + pos_rows) * d_model
-    per_source = {
-        "glob": lambda vk: full,
-        "trim": lambda vk: full - (vocab - vk) * d_model,
-        "spec": lambda vk: full - (vocab + pos_rows) * d_model,
-        "spec_opt": lambda vk: full - (vocab + pos_rows) * d_model,
-    }[variant]
-    return sum(2 * per_source(vk) * elem for vk in sub_vocabs)

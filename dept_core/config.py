@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
+from dept_core import variants
 from dept_core.errors import ConfigError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -142,7 +144,14 @@ class ModelConfig(Section):
 
 
 # ---------------------------------------------------------------------------------- train ----
-VARIANTS = ("glob", "trim", "spec", "spec_opt", "std")
+def _known_variants(names: list[str], need_global_bank: bool = False) -> list[str]:
+    """Every name must be in the variant registry (`dept_core.variants`)."""
+    for name in names:
+        if name not in variants.REGISTRY:
+            raise ValueError(f"unknown variant '{name}' (known: {', '.join(variants.names())})")
+        if need_global_bank and not variants.get(name).has_global_bank:
+            raise ValueError(f"variant '{name}' has no global embedding to continue from")
+    return names
 
 
 class OuterConfig(Section):
@@ -157,8 +166,9 @@ class OuterConfig(Section):
 
 
 class TrainConfig(Section):
-    variants: list[Literal["glob", "trim", "spec", "spec_opt", "std"]] = Field(
-        default_factory=lambda: list(VARIANTS), min_length=1
+    variants: list[str] = Field(
+        default_factory=lambda: list(variants.names()), min_length=1,
+        description="variants to train and compare (default: every registered variant)"
     )
     rounds: int = Field(8, gt=0, description="T, outer rounds")
     sources_per_round: int | None = Field(
@@ -192,6 +202,13 @@ class TrainConfig(Section):
     )
     compile: bool = Field(False, description="torch.compile each transformer block")
 
+    @field_validator("variants")
+    @classmethod
+    def _variants_known(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"a variant is listed twice: {names}")
+        return _known_variants(names)
+
 
 # ------------------------------------------------------------------------------- evaluate ----
 class DownstreamConfig(Section):
@@ -212,7 +229,7 @@ class EvaluateConfig(Section):
     cpt_fraction: float = Field(
         0.17, ge=0, le=1, description="continued pre-training steps, share of pre-training "
         "steps (the paper: 15-19 %); 0 skips it")
-    cpt_from_pretrained: list[Literal["glob", "trim", "std"]] = Field(
+    cpt_from_pretrained: list[str] = Field(
         default_factory=lambda: ["glob", "trim", "std"],
         description="variants also continued from their pre-trained global embeddings")
     cpt_lr: float | None = Field(None, gt=0, description="peak rate (default: train.lr)")
@@ -222,6 +239,11 @@ class EvaluateConfig(Section):
         None, description="unseen sources to adapt to (default: the heldout sources)")
     reference: bool = Field(True, description="also evaluate a randomly initialised body")
     downstream: DownstreamConfig = DownstreamConfig()
+
+    @field_validator("cpt_from_pretrained")
+    @classmethod
+    def _cpt_variants(cls, names: list[str]) -> list[str]:
+        return _known_variants(names, need_global_bank=True)
 
 
 # --------------------------------------------------------------------------------- config ----

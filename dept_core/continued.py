@@ -30,12 +30,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dept_core.batches import BatchSampler, derived_seed, eval_windows
+from dept_core.batches import BatchSampler, MixtureSampler, derived_seed, eval_windows
 from dept_core.config import Config
 from dept_core.metrics import mean
 from dept_core.model import build_model, init_bank, load_body, lr_at, set_bank
 from dept_core.sourcedata import SourceData, encode_split, load_sources
-from dept_core.std import mixture_batch, source_probs
 from dept_core.trainer import evaluate_windows, local_train, make_optimizer
 
 Body = dict[str, Tensor]
@@ -59,20 +58,13 @@ def model_from(cfg: Config, body: Body, bank: Bank, device) -> torch.nn.Module:
     return model.to(device)
 
 
-class MixtureSampler:
-    """Batches of `n` sequences from the mixture, p_k ∝ n_k^τ (STD's sampling)."""
-
-    def __init__(self, cfg: Config, data: dict[str, SourceData], tag: str):
-        t = cfg.train
-        self.samplers = {k: BatchSampler(s.train, t.seq_len, t.batch_size,
-                                         derived_seed(cfg.seed, f"{tag}-batches", k))
-                         for k, s in data.items()}
-        self.probs = source_probs([s.train_tokens for s in data.values()], t.std_temperature)
-        self.rng = torch.Generator().manual_seed(derived_seed(cfg.seed, f"{tag}-mixture"))
-        self.n = t.sources_per_round * t.batch_size
-
-    def next(self) -> Tensor:
-        return mixture_batch(self.probs, self.samplers, self.n, self.rng)
+def mixture(cfg: Config, data: dict[str, SourceData], tag: str) -> MixtureSampler:
+    """STD's batches (`sources_per_round × batch_size` sequences, p_k ∝ n_k^τ), drawn from
+    generators of their own (`tag`), so CPT does not replay pre-training's batches."""
+    t = cfg.train
+    return MixtureSampler({k: s.train for k, s in data.items()}, t.seq_len,
+                          t.sources_per_round * t.batch_size, t.std_temperature, cfg.seed,
+                          f"{tag}-batches", f"{tag}-mixture")
 
 
 def train_steps(model, cfg: Config, sampler, steps: int, lr: float, device,
@@ -101,7 +93,7 @@ def continued_pretraining(cfg: Config, body: Body, bank: Bank, data: dict[str, S
     """CPT of `body` + `bank` on the mixture of `data` (global tokenizer); returns the model."""
     steps = cpt_steps(cfg)
     model = model_from(cfg, body, bank, device)
-    loss = train_steps(model, cfg, MixtureSampler(cfg, data, "cpt"), steps,
+    loss = train_steps(model, cfg, mixture(cfg, data, "cpt"), steps,
                        cfg.evaluate.cpt_lr or cfg.train.lr, device)
     return model, {"steps": steps, "train_loss": loss}
 
@@ -149,5 +141,5 @@ def plasticity(cfg: Config, body: Body, vocab_size: int, source: SourceData, dev
 def global_data(cfg: Config, prepared: Path, tok_root: Path, sources: list[str]
                 ) -> dict[str, SourceData]:
     """Sources as the global tokenizer reads them (what CPT and plasticity train on)."""
-    return load_sources("glob", sources, prepared, tok_root, cfg.train.seq_len,
+    return load_sources("global", sources, prepared, tok_root, cfg.train.seq_len,
                         cfg.train.eval_tokens)

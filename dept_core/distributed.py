@@ -3,9 +3,9 @@
     torchrun --nproc_per_node 2 -m dept_core.distributed --variant spec \\
              [--params params.yaml] [--set key=value ...] [--root .]
 
-The round logic is `rounds.run_round`, unchanged; what differs is which sources a process
-holds and how the updates meet (paper §3, Algorithm 1: sources train in parallel from the
-same θ, the server averages their updates):
+The run is the in-process one (`run.build_run` and `run.train_loop` drive a `rounds.DeptRun`),
+unchanged; what differs is which sources a process holds and how the updates meet (paper §3,
+Algorithm 1: sources train in parallel from the same θ, the server averages their updates):
 
 * Source i of `data.train_sources` lives on rank i mod W (`train.source_assignment:
   round_robin`) or in contiguous blocks (`block`): only that rank loads its data, holds its
@@ -39,21 +39,19 @@ import json
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dept_core import accel
-from dept_core import tokenizers as tk
-from dept_core.atomic import atomic_dir, write_json
+from dept_core import accel, layout, variants
+from dept_core.atomic import write_json
 from dept_core.config import Config, load_config
 from dept_core.errors import ConfigError, DeptError
-from dept_core.layout import CHECKPOINTS, PREPARED, RESULTS, TOKENIZERS
 from dept_core.outer import Exchange, finish_row_mean, masked_row_sums
-from dept_core.rounds import RunResult, _restore, _save, _setup, run_round
-from dept_core.sourcedata import load_sources, tokenizer_dir
+from dept_core.run import (RunResult, build_run, finish, global_vocab_size, round_line, run_key,
+                           train_loop, write_outputs)
+from dept_core.sourcedata import load_sources
 
 BUCKET_BYTES = 64 << 20  # body tensors are all_reduced in flat buckets of at most 64 MiB
 
@@ -120,6 +118,9 @@ class CollectiveExchange(Exchange):
         dist.gather_object(obj, out, dst=0)
         return out
 
+    def stats(self) -> dict:
+        return dict(self.wire)
+
 
 def _buckets(params: dict[str, Tensor], limit: int) -> list[list[str]]:
     out: list[list[str]] = [[]]
@@ -139,7 +140,7 @@ class _NullSink:
         pass
 
 
-def _restore_agreed(rank_dir: Path, state, group: CollectiveExchange) -> None:
+def restore_agreed(run, rank_dir: Path, group: CollectiveExchange) -> None:
     """Restore the last round every rank finished (a crash can leave one rank a round
     ahead: it then rolls back to its previous checkpoint, kept by checkpoint_keep >= 2)."""
     latest = rank_dir / "latest.json"
@@ -152,54 +153,41 @@ def _restore_agreed(rank_dir: Path, state, group: CollectiveExchange) -> None:
             raise DeptError(f"{rank_dir}: no checkpoint of round {agreed}, the last round every "
                             f"rank finished; delete the checkpoint directory to start afresh")
         write_json(latest, {"round": agreed})
-    _restore(rank_dir, state)
+    run.restore(rank_dir)
 
 
 def train_distributed(cfg: Config, variant: str, prepared: Path, tok_root: Path,
                       ckpt_dir: Path | None, group: CollectiveExchange, device: torch.device,
                       sink=None, on_round=None) -> RunResult | None:
     """This rank's part of a run; rank 0 gets the RunResult (metrics, body, every bank)."""
-    from dept_core.run import _loop, summarise
-
-    if variant == "std":
-        raise DeptError("variant std (the centralised baseline) runs in-process only; "
-                        "use train.backend=inprocess for it")
+    spec = variants.get(variant)
+    if spec.centralised:
+        raise DeptError(f"variant {variant} (centralised training) runs in-process only; "
+                        f"use train.backend=inprocess for it")
     t, names = cfg.train, cfg.data.train_sources
     mine = assign_sources(names, group.world_size, t.source_assignment)[group.rank]
-    data = load_sources(variant, mine, prepared, tok_root, t.seq_len, t.eval_tokens)
-    info = {k: v for part in group.gather({k: (s.train_tokens, s.vocab_size)
-                                           for k, s in data.items()}) for k, v in part.items()}
-    global_vocab = tk.load(Path(tok_root) / "global" / "spm.model").get_piece_size()
-    model, state = _setup(cfg, variant, data, global_vocab, {k: info[k][0] for k in names})
-    accel.prepare(model, state, cfg, device)
+    data = load_sources(spec.tokenizer, mine, prepared, tok_root, t.seq_len, t.eval_tokens)
+    infos = {k: v for part in group.gather({k: s.info() for k, s in data.items()})
+             for k, v in part.items()}
+    vocab = global_vocab_size(tok_root)
+    run = build_run(cfg, variant, data, vocab, device, group, {k: infos[k] for k in names})
     rank_dir = None
     if ckpt_dir is not None:
         rank_dir = Path(ckpt_dir) / f"torchrun-rank{group.rank}-of-{group.world_size}"
-        _restore_agreed(rank_dir, state, group)
+        restore_agreed(run, rank_dir, group)
     root = group.rank == 0
-    _loop(lambda: run_round(model, state, cfg, data, device, group), state, cfg, rank_dir,
-          lambda: _save(rank_dir, state, t.checkpoint_keep), (sink or _NullSink()) if root
-          else _NullSink(),
-          on_round if root else None)
-    local = {k: b for k in data if (b := state.policy.eval_bank(k)) is not None}
-    parts = group.gather_to_root({"banks": local, "wire": group.wire})
-    if not root:
+    train_loop(run, t.rounds, rank_dir, t.checkpoint_keep,
+               (sink or _NullSink()) if root else _NullSink(), on_round if root else None)
+    outcome = run.result()
+    if outcome is None:
         return None
-    banks = {k: v for p in parts for k, v in p["banks"].items()}
-    banks = {k: banks[k] for k in names if k in banks}
-    catalog = {k: SimpleNamespace(vocab_size=info[k][1],
-                                  tokenizer_dir=tokenizer_dir(tok_root, variant, k))
-               for k in names}
-    metrics = summarise(cfg, variant, state.history, state.ledger, state.body, banks,
-                        state.policy.bank, catalog, global_vocab)
-    metrics["comm"]["collective"] = {
-        "all_reduce_bytes_per_rank": [p["wire"]["all_reduce_bytes"] for p in parts],
-        "all_reduce_calls_per_rank": [p["wire"]["all_reduce_calls"] for p in parts]}
-    metrics.update(variant=variant, global_vocab_size=global_vocab, device=str(device),
-                   backend="torchrun", world_size=group.world_size,
-                   assignment=assign_sources(names, group.world_size, t.source_assignment))
-    result = RunResult(metrics, state.body, banks, state.policy.bank)
-    result.catalog = catalog  # what export_all needs of each source (its tokenizer)
+    result = finish(cfg, variant, outcome, vocab, device)
+    result.metrics["comm"]["collective"] = {
+        "all_reduce_bytes_per_rank": [p["all_reduce_bytes"] for p in outcome.exchange_stats],
+        "all_reduce_calls_per_rank": [p["all_reduce_calls"] for p in outcome.exchange_stats]}
+    result.metrics.update(backend="torchrun", world_size=group.world_size,
+                          assignment=assign_sources(names, group.world_size,
+                                                    t.source_assignment))
     return result
 
 
@@ -220,7 +208,7 @@ def torchrun_command(params: Path, variant: str, root: Path, nproc: int,
 
 def init_group(cfg: Config) -> tuple[CollectiveExchange, torch.device]:
     """Join the process group torchrun describes in the environment (env://)."""
-    device = accel.rank_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", 0)))
+    device = accel.pick_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -232,7 +220,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dept_core.distributed",
                                 description="DEPT rounds of one variant on torch.distributed; "
                                             "start it with torchrun --nproc_per_node N.")
-    p.add_argument("--variant", required=True, choices=("glob", "trim", "spec", "spec_opt"))
+    p.add_argument("--variant", required=True,
+                   choices=[v for v in variants.names() if not variants.get(v).centralised])
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--root", default=".", help="project root (data/, results/, checkpoints/)")
@@ -255,13 +244,7 @@ class EmitSink:
 
 def print_round(rounds: int):
     def on_round(record: dict) -> None:
-        losses = " ".join(f"{k}={v:.3f}" for k, v in record["train_loss"].items())
-        line = (f"round {record['round']}/{rounds} | sources {','.join(record['sources'])} | "
-                f"train loss {losses} | {record['tokens_per_s']:.0f} tok/s")
-        if record.get("val"):
-            mean = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
-            line += f" | val bits/byte {mean:.3f}"
-        print(line, flush=True)
+        print(round_line(record, rounds), flush=True)
     return on_round
 
 
@@ -282,21 +265,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, cfg: Config, root: Path, group: CollectiveExchange, device) -> int:
-    from dept_core.run import export_all, run_key
-
-    prepared, tok_root = root / PREPARED, root / TOKENIZERS
+    prepared, tok_root = layout.prepared(root), layout.tokenizers(root)
     ckpt = None if args.no_checkpoints else \
-        root / CHECKPOINTS / f"{args.variant}-{run_key(cfg, args.variant, prepared, tok_root)}"
+        layout.checkpoint_dir(root, args.variant, run_key(cfg, args.variant, prepared, tok_root))
     result = train_distributed(cfg, args.variant, prepared, tok_root, ckpt, group, device,
                                EmitSink() if args.emit_metrics else None,
                                print_round(cfg.train.rounds))
     if result is None:
         return 0
-    out = Path(args.out) if args.out else root / RESULTS / "pretrain" / args.variant
-    if not args.no_export:
-        with atomic_dir(out / "models") as tmp:
-            export_all(cfg, result, result.catalog, tok_root, tmp)
-    write_json(out / "metrics.json", result.metrics)
+    out = Path(args.out) if args.out else layout.pretrain_dir(root, args.variant)
+    write_outputs(cfg, result, tok_root, out, export=not args.no_export)
     if args.dump:
         from safetensors.torch import save_file
 

@@ -26,7 +26,7 @@ from dept_core.errors import DataError
 from dept_core.metrics import accuracy, macro_f1
 from dept_core.model import SPECIAL_IDS, lr_at
 from dept_core.sources import json_records
-from dept_core.trainer import autocast_for
+from dept_core.trainer import autocast_for, local_train
 
 PAD_ID = SPECIAL_IDS["pad_token_id"]
 
@@ -98,33 +98,43 @@ class MeanPoolClassifier(torch.nn.Module):
         return self.head((h * m).sum(1) / m.sum(1).clamp_min(1))
 
 
+class LabelledBatches:
+    """Random batches `(ids, mask, labels)` of the training examples (a seeded generator)."""
+
+    def __init__(self, seqs: list[list[int]], labels: torch.Tensor, batch_size: int, seed: int):
+        self.seqs, self.labels, self.batch_size = seqs, labels, batch_size
+        self.generator = torch.Generator().manual_seed(derived_seed(seed, "downstream-batches"))
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(self.seqs), (self.batch_size,),
+                            generator=self.generator).tolist()
+        ids, mask = _pad([self.seqs[i] for i in idx])
+        return ids, mask, self.labels[idx]
+
+
+def classification_loss(clf, batch) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of a batch (count 1: the inner loop's step minimises it as is)."""
+    ids, mask, labels = batch
+    return torch.nn.functional.cross_entropy(clf(ids, mask).float(), labels), 1
+
+
 def finetune(cfg: Config, lm, sp, rows: list[Example], device) -> dict:
     """Fine-tune a copy of `lm` on the train rows; accuracy and macro-F1 on the test rows."""
     dc = cfg.evaluate.downstream
     labels = sorted({r.label for r in rows})
     train = [r for r in rows if r.split == "train"]
     test = [r for r in rows if r.split == "test"]
-    x_train = encode(sp, [r.text for r in train], dc.max_len)
-    y_train = torch.tensor([labels.index(r.label) for r in train])
+    batches = LabelledBatches(encode(sp, [r.text for r in train], dc.max_len),
+                              torch.tensor([labels.index(r.label) for r in train]),
+                              dc.batch_size, cfg.seed)
     clf = MeanPoolClassifier(lm, len(labels), cfg.seed).to(device).train()
     opt = torch.optim.AdamW(clf.parameters(), lr=dc.lr, weight_decay=cfg.train.weight_decay,
                             betas=tuple(cfg.train.betas))
-    gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "downstream-batches"))
     warmup = max(1, dc.steps // 10)
-    losses = []
-    for step in range(dc.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, dc.steps, dc.lr, warmup, cfg.train.min_lr_ratio)
-        idx = torch.randint(0, len(x_train), (dc.batch_size,), generator=gen).tolist()
-        ids, mask = _pad([x_train[i] for i in idx])
-        with autocast_for(device):
-            logits = clf(ids.to(device), mask.to(device))
-        loss = torch.nn.functional.cross_entropy(logits.float(), y_train[idx].to(device))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clf.parameters(), cfg.train.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+    stats = local_train(clf, opt, batches, dc.steps, 0,
+                        lambda s: lr_at(s, dc.steps, dc.lr, warmup, cfg.train.min_lr_ratio),
+                        cfg.train.grad_clip, device, classification_loss)
+    losses = stats.step_losses
     pred = predict(clf, encode(sp, [r.text for r in test], dc.max_len), device)
     pred_labels = [labels[p] for p in pred]
     gold = [r.label for r in test]

@@ -23,20 +23,18 @@ from pathlib import Path
 
 import torch
 
+from dept_core import REPO_ROOT, layout
 from dept_core import continued as cp
 from dept_core import tokenizers as tk
 from dept_core.batches import eval_windows
-from dept_core import REPO_ROOT
 from dept_core.config import Config
 from dept_core.downstream import finetune, load_task
 from dept_core.errors import DataError
 from dept_core.export import check_model_dir
-from dept_core.layout import PREPARED, RESULTS, TOKENIZERS
 from dept_core.model import build_model, get_bank, get_body
 from dept_core.sourcedata import encode_split
 from dept_core.trainer import evaluate_windows
-
-REFERENCE = "random"
+from dept_core.variants import REFERENCE
 
 
 def load_lm(model_dir: Path):
@@ -102,8 +100,8 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
     variant's exported models in results/pretrain/<variant>/models.
     """
     root = Path(root)
-    prepared, tok_root = root / PREPARED, root / TOKENIZERS
-    models_dir = root / RESULTS / "pretrain" / variant / "models"
+    prepared, tok_root = layout.prepared(root), layout.tokenizers(root)
+    models_dir = layout.models_dir(root, variant)
     ev, train_src, heldout = cfg.evaluate, cfg.data.train_sources, cfg.data.heldout_sources
     global_dir = Path(tok_root) / "global"
     vocab = tk.load(global_dir / "spm.model").get_piece_size()
@@ -161,7 +159,6 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
         out["downstream"] = finetune(cfg, lm, tk.load(global_dir / "spm.model"), rows, device)
         lap("downstream")
     return out
-
 
 
 def task_path(root: Path, path: str) -> Path:

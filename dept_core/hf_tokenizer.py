@@ -27,9 +27,7 @@ conversion paths do not match sentencepiece (dropped dummy prefix, undecoded byt
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,25 +135,15 @@ def _build_backend(proto: sp_pb2.ModelProto) -> Tokenizer:
     return tok
 
 
-def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
-    """Move the complete ``tmp_dir`` to ``out_dir``, replacing an existing directory only at the end."""
-    if not out_dir.exists():
-        os.replace(tmp_dir, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, old / "d")
-    os.replace(tmp_dir, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_hf_tokenizer(spm_model: Path, out_dir: Path) -> None:
     """Write a transformers tokenizer directory equivalent to the SentencePiece model ``spm_model``.
 
     ``AutoTokenizer.from_pretrained(out_dir, local_files_only=True)`` loads it (class
     ``TokenizersBackend``, i.e. transformers 5's ``PreTrainedTokenizerFast``); ids and decoding match
     sentencepiece exactly (see the module docstring). ``add_special_tokens=True`` prepends ``<s>``
-    (id 1) only. The original model is copied to ``out_dir/spm.model``. The directory is built
-    beside ``out_dir`` and renamed into place, so readers never see a partial export.
+    (id 1) only. The original model is copied to ``out_dir/spm.model``. Files are written
+    straight into ``out_dir``: the tokenizers stage builds its whole output inside
+    ``dept_core.atomic.atomic_dir``, so readers never see a partial export.
 
     Raises:
         ValueError: if the model uses settings whose exact reproduction is not implemented.
@@ -176,15 +164,9 @@ def export_hf_tokenizer(spm_model: Path, out_dir: Path) -> None:
         split_special_tokens=True,
         clean_up_tokenization_spaces=False,
     )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        hf_tok.save_pretrained(str(tmp_dir))
-        shutil.copyfile(spm_model, tmp_dir / "spm.model")
-        _replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf_tok.save_pretrained(str(out_dir))
+    shutil.copyfile(spm_model, out_dir / "spm.model")
 
 
 def trim_spm_model(
@@ -195,7 +177,7 @@ def trim_spm_model(
     Pieces keep their original relative order, so the specials stay at ids 0..3. Returns the kept
     global ids in local order: local id ``i`` is global id ``result[i]``. Text needing removed pieces
     still encodes (unigram re-segments with the remaining pieces, BPE stops merging earlier, unknown
-    characters fall back to bytes) and decodes back to itself. The file is written atomically.
+    characters fall back to bytes) and decodes back to itself.
 
     Every character inside a kept piece must keep its single-character piece: otherwise
     sentencepiece and the exported tokenizer segment differently (BPE merges such characters,
@@ -245,12 +227,5 @@ def trim_spm_model(
     new.pieces.extend(proto.pieces[i] for i in kept)
     new.trainer_spec.vocab_size = len(kept)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(new.SerializeToString())
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    out_path.write_bytes(new.SerializeToString())  # inside the stage's atomic_dir
     return kept

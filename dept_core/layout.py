@@ -1,4 +1,8 @@
-"""Where each stage reads and writes, relative to the project root (the working directory)."""
+"""Where each stage reads and writes, relative to the project root.
+
+Every path a stage, task, flow or test builds comes from here, so the layout can change in
+one place. `root` is the project root (the directory holding params.yaml).
+"""
 
 from pathlib import Path
 
@@ -8,5 +12,44 @@ RESULTS = Path("results")
 CHECKPOINTS = Path("checkpoints")
 
 
+def prepared(root: Path) -> Path:
+    return Path(root) / PREPARED
+
+
+def tokenizers(root: Path) -> Path:
+    return Path(root) / TOKENIZERS
+
+
 def tokenizer_stats(root: Path) -> Path:
-    return root / RESULTS / "tokenizers" / "stats.json"
+    return Path(root) / RESULTS / "tokenizers" / "stats.json"
+
+
+def pretrain_dir(root: Path, variant: str) -> Path:
+    """results/pretrain/<variant>/: metrics.json and models/ (one HF model per source)."""
+    return Path(root) / RESULTS / "pretrain" / variant
+
+
+def pretrain_metrics(root: Path, variant: str) -> Path:
+    return pretrain_dir(root, variant) / "metrics.json"
+
+
+def models_dir(root: Path, variant: str) -> Path:
+    return pretrain_dir(root, variant) / "models"
+
+
+def evaluate_dir(root: Path, variant: str) -> Path:
+    return Path(root) / RESULTS / "evaluate" / variant
+
+
+def evaluate_metrics(root: Path, variant: str) -> Path:
+    return evaluate_dir(root, variant) / "metrics.json"
+
+
+def compare_dir(root: Path) -> Path:
+    return Path(root) / RESULTS / "compare"
+
+
+def checkpoint_dir(root: Path, variant: str, key: str) -> Path:
+    """checkpoints/<variant>-<run key>/: a run resumes only from a checkpoint of its own
+    configuration and data (`dept_core.run.run_key`)."""
+    return Path(root) / CHECKPOINTS / f"{variant}-{key}"

@@ -99,6 +99,14 @@ class Exchange:
         """`obj` of every process, in rank order."""
         return [obj]
 
+    def gather_to_root(self, obj: object) -> list | None:
+        """`obj` of every process on rank 0 (None on the others)."""
+        return [obj]
+
+    def stats(self) -> dict:
+        """What this process's exchange moved (nothing in-process)."""
+        return {}
+
 
 LOCAL = Exchange()
 

@@ -12,20 +12,21 @@ from pathlib import Path
 
 from dept_core.metrics import improvement_pct
 # The evaluation half of the report (tables, verdict, plasticity CSV, plots):
-from dept_core.report_eval import (ORDER, evaluation, evaluation_markdown,  # noqa: F401
+from dept_core.report_eval import (evaluation, evaluation_markdown,  # noqa: F401
                                    plasticity_csv, plot_evaluation, verdict)
+from dept_core.variants import BASELINE, report_order
 
 
 def _bpb(val: dict) -> dict[str, float]:
     return {k: v["bpb"] for k, v in val.items()}
 
 
-def summarise(metrics: dict[str, dict], evals: dict[str, dict] | None = None) -> dict:
+def comparison(metrics: dict[str, dict], evals: dict[str, dict] | None = None) -> dict:
     """Per variant: mean and per-source validation bits/byte, improvement over STD,
     communication bytes and embedding memory; with `evals` (results/evaluate/*), the test,
     continued pre-training, plasticity and downstream tables and a verdict."""
     tests = {v: e.get("as_trained", {}) for v, e in (evals or {}).items()}
-    variants = [v for v in ORDER if v in metrics] + [v for v in metrics if v not in ORDER]
+    variants = report_order(set(metrics))
     # Means over the sources every variant evaluated (a SPEC source never sampled has no
     # embeddings and so no evaluation), so that the means compare like with like.
     common = set.intersection(*(set(metrics[v]["final"]["val"]) for v in variants))
@@ -34,7 +35,7 @@ def summarise(metrics: dict[str, dict], evals: dict[str, dict] | None = None) ->
         val = metrics[v]["final"]["val"]
         return sum(val[s]["bpb"] for s in common) / len(common) if common else None
 
-    std = mean_of("std") if "std" in metrics else None
+    std = mean_of(BASELINE) if BASELINE in metrics else None
     rows = {}
     for v in variants:
         m = metrics[v]
@@ -108,18 +109,15 @@ def curves_csv(metrics: dict[str, dict]) -> str:
     return buf.getvalue()
 
 
-def wide_csv(metrics: dict[str, dict], column: str) -> str:
-    """One row per round, one column per variant (the form DVC plots draws as lines)."""
+def long_csv(metrics: dict[str, dict], column: str) -> str:
+    """round, variant, value: one row per variant and round (DVC plots colours by variant
+    with the template .dvc/plots/by_variant.json, so dvc.yaml names no variant)."""
     rows = list(csv.DictReader(io.StringIO(curves_csv(metrics))))
-    variants = list(metrics)
-    by_round: dict[int, dict[str, str]] = {}
-    for r in rows:
-        by_round.setdefault(int(r["round"]), {})[r["variant"]] = r[column]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["round", *variants])
-    for rnd in sorted(by_round):
-        w.writerow([rnd, *[by_round[rnd].get(v, "") for v in variants]])
+    w.writerow(["round", "variant", "value"])
+    for r in rows:
+        w.writerow([r["round"], r["variant"], r[column]])
     return buf.getvalue()
 
 

@@ -11,15 +11,14 @@ import math
 from pathlib import Path
 
 from dept_core.metrics import area_under_curve, improvement_pct, mean
-
-ORDER = ("std", "glob", "trim", "spec", "spec_opt", "random")
+from dept_core.variants import BASELINE, REFERENCE, report_order
 PROTOCOLS = {"as_trained": "as trained (own embeddings)",
              "cpt_fresh": "CPT, fresh global embedding",
              "cpt_pretrained": "CPT, pre-trained global embedding"}
 
 
 def _ordered(keys) -> list[str]:
-    return [v for v in ORDER if v in keys] + sorted(k for k in keys if k not in ORDER)
+    return report_order(set(keys))
 
 
 def _table(evals: dict[str, dict], section: str) -> dict[str, dict]:
@@ -38,7 +37,7 @@ def _table(evals: dict[str, dict], section: str) -> dict[str, dict]:
                    "ood_bpb_mean": sec["out_of_distribution_bpb_mean"],
                    "id_ppl_mean": sec.get("in_distribution_ppl_mean"),
                    "ood_ppl_mean": sec.get("out_of_distribution_ppl_mean")}
-    std = rows.get("std", {})
+    std = rows.get(BASELINE, {})
     for r in rows.values():
         for key in ("id_bpb_mean", "ood_bpb_mean"):
             base, val = std.get(key), r[key]
@@ -68,7 +67,7 @@ def evaluation(evals: dict[str, dict], pre_rows: dict[str, dict]) -> dict:
                                                        "majority_class_accuracy",
                                                        "accuracy_per_language")}
             for v in _ordered(evals) if evals[v].get("downstream")}
-    floor = down.get("random")
+    floor = down.get(REFERENCE)
     for r in down.values():
         r["accuracy_vs_random"] = r["accuracy"] - floor["accuracy"] if floor else None
         r["macro_f1_vs_random"] = r["macro_f1"] - floor["macro_f1"] if floor else None
@@ -84,7 +83,7 @@ def _sections(e: dict) -> list[dict]:
     return [s for s in [e.get("as_trained"), *e.get("continued", {}).values()] if s]
 
 
-def _best(rows: dict[str, dict], key, exclude=("random",)) -> tuple[str, float] | None:
+def _best(rows: dict[str, dict], key, exclude=(REFERENCE,)) -> tuple[str, float] | None:
     cands = [(r[key], v) for v, r in rows.items() if v not in exclude and r.get(key) is not None
              and not (isinstance(r[key], float) and math.isnan(r[key]))]
     return (min(cands)[1], min(cands)[0]) if cands else None
@@ -103,11 +102,11 @@ def verdict(summary: dict) -> list[str]:
                 continue
             line = (f"Test bits/byte {where}, {PROTOCOLS[proto]}: lowest is **{best[0]}** "
                     f"({best[1]:.3f})")
-            std = rows.get("std", {}).get(key)
-            if std and best[0] != "std":
+            std = rows.get(BASELINE, {}).get(key)
+            if std and best[0] != BASELINE:
                 line += f", {improvement_pct(std, best[1]):+.1f} % vs STD ({std:.3f})"
-            elif best[0] == "std":
-                dept = _best(rows, key, exclude=("random", "std"))
+            elif best[0] == BASELINE:
+                dept = _best(rows, key, exclude=(REFERENCE, BASELINE))
                 if dept:
                     line += (f"; the best DEPT variant, {dept[0]}, is "
                              f"{-improvement_pct(best[1], dept[1]):.1f} % worse")
@@ -118,7 +117,7 @@ def verdict(summary: dict) -> list[str]:
             f"{s}: {b[0]}" for s, b in per_src.items() if b) + ".")
     if ev["plasticity"]:
         best = _best(ev["plasticity"], "auc_bpb_mean")
-        floor = ev["plasticity"].get("random", {}).get("auc_bpb_mean")
+        floor = ev["plasticity"].get(REFERENCE, {}).get("auc_bpb_mean")
         line = (f"Plasticity (mean bits/byte over the adaptation curve on unseen sources, "
                 f"lower = adapts faster): most plastic body is **{best[0]}** ({best[1]:.3f})")
         if floor is not None:
@@ -130,10 +129,10 @@ def verdict(summary: dict) -> list[str]:
         r = ev["downstream"][best[0]]
         line = (f"Downstream ({'+'.join(['accuracy', 'macro-F1'])}): best is **{best[0]}** "
                 f"(accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f})")
-        floor = ev["downstream"].get("random")
+        floor = ev["downstream"].get(REFERENCE)
         if floor:
             beat = [v for v, x in ev["downstream"].items()
-                    if v != "random" and x["accuracy"] > floor["accuracy"]]
+                    if v != REFERENCE and x["accuracy"] > floor["accuracy"]]
             line += (f"; the random-body floor scores {floor['accuracy']:.3f}, and "
                      f"{len(beat)} of {len(ev['downstream']) - 1} pre-trained bodies beat it"
                      + (f" ({', '.join(beat)})" if beat else ""))
@@ -208,20 +207,17 @@ def evaluation_markdown(summary: dict) -> list[str]:
 
 
 def plasticity_csv(summary: dict) -> str:
-    """step, <variant>... : bits/byte averaged over the unseen sources (DVC plots)."""
+    """step, variant, value: bits/byte averaged over the unseen sources (DVC plots)."""
     plast = summary.get("evaluation", {}).get("plasticity", {})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    variants = list(plast)
-    w.writerow(["step", *variants])
-    steps = sorted({s for p in plast.values() for x in p["sources"].values() for s in x["steps"]})
-    for step in steps:
-        row = [step]
-        for v in variants:
-            vals = [x["bpb"][x["steps"].index(step)] for x in plast[v]["sources"].values()
+    w.writerow(["step", "variant", "value"])
+    for v, p in plast.items():
+        steps = sorted({s for x in p["sources"].values() for s in x["steps"]})
+        for step in steps:
+            vals = [x["bpb"][x["steps"].index(step)] for x in p["sources"].values()
                     if step in x["steps"]]
-            row.append(f"{mean(vals):.6f}" if vals else "")
-        w.writerow(row)
+            w.writerow([step, v, f"{mean(vals):.6f}"])
     return buf.getvalue()
 
 
@@ -264,7 +260,7 @@ def plot_evaluation(summary: dict, out_dir: Path) -> list[Path]:
                 if src in p["sources"]:
                     c = p["sources"][src]
                     ax.plot(c["steps"], c["bpb"], marker=".", label=v,
-                            linestyle="--" if v == "random" else "-")
+                            linestyle="--" if v == REFERENCE else "-")
             ax.set_xlabel(f"adaptation steps on {src}")
             ax.set_ylabel("validation bits/byte")
             ax.set_title(f"plasticity: {src}")

@@ -1,4 +1,4 @@
-"""DEPT's training rounds (paper Algorithm 1) for GLOB, TRIM, SPEC and SPEC-OPT.
+"""DEPT's training rounds (paper Algorithm 1) for every variant with an embedding policy.
 
     for round t = 1..T:
         S_t ← sources_per_round sources, sampled without replacement (seeded)
@@ -7,10 +7,12 @@
         θ ← OuterOpt(θ, mean_k Δθ_k); policy.aggregate()
         validate, log, checkpoint
 
-Sources run one after another in this process (the result equals running them in parallel:
-each starts from the same θ). `dept_core.distributed` runs the same `run_round` on separate
-ranks: each rank trains the sampled sources it holds and an `outer.Exchange` combines the
-updates (all_reduce of partial sums) and gathers the round's records.
+`DeptRun` is one such run behind the run protocol of `dept_core.run` (`run_round`, `save`,
+`restore`, `result`). Sources run one after another in this process (the result equals
+running them in parallel: each starts from the same θ). Under torchrun
+(`dept_core.distributed`) the same class runs on every rank with a `CollectiveExchange`: each
+rank trains the sampled sources it holds and the exchange combines the updates (all_reduce
+of partial sums) and gathers the round's records.
 """
 
 from __future__ import annotations
@@ -22,19 +24,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dept_core import accel
 from dept_core import checkpoint as ck
 from dept_core import faults
 from dept_core.batches import BatchSampler, derived_seed
 from dept_core.comm import CommLedger
 from dept_core.config import Config
 from dept_core.errors import DeptError
-from dept_core.model import (build_model, get_bank, get_body, load_body, lr_at, nbytes, numel,
-                             set_bank)
+from dept_core.model import build_model, get_bank, get_body, load_body, lr_at, nbytes, set_bank
 from dept_core.outer import LOCAL, Exchange, OuterOptimizer
-from dept_core.sourcedata import SourceData
-from dept_core.trainer import (MemorySink, MetricsSink, all_finite, evaluate_windows,
-                               local_train, make_optimizer)
-from dept_core.variants import POLICIES
+from dept_core.policies import POLICIES
+from dept_core.sourcedata import SourceData, SourceInfo
+from dept_core.trainer import evaluate_windows, first_nonfinite, local_train, make_optimizer
+from dept_core.variants import Variant
 
 
 class NonFiniteUpdate(DeptError):
@@ -42,83 +44,16 @@ class NonFiniteUpdate(DeptError):
 
 
 @dataclass
-class RunState:
-    """Everything a resumed run needs to continue exactly where it stopped."""
+class RunOutcome:
+    """What a finished run hands to `dept_core.run` (metrics, exports)."""
 
     body: dict[str, Tensor]
-    policy: object
-    outer: OuterOptimizer
-    ledger: CommLedger
-    round_rng: torch.Generator
-    samplers: dict[str, BatchSampler]
-    sources: dict[str, int]  # every training source -> its train tokens (config order)
-    opt_states: dict[str, dict] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    done: int = 0
-
-
-@dataclass
-class RunResult:
-    metrics: dict
-    body: dict[str, Tensor]
-    banks: dict[str, dict[str, Tensor]]  # per source, as exported
+    banks: dict[str, dict[str, Tensor]]  # per source, as exported (config order)
     global_bank: dict[str, Tensor] | None
-
-
-def _setup(cfg: Config, variant: str, data: dict[str, SourceData], global_vocab: int,
-           sources: dict[str, int] | None = None):
-    """The working model and the run state for the sources in `data` (this process's share;
-    `sources` lists every training source with its train tokens, default: those in `data`)."""
-    model = build_model(cfg.model, global_vocab, cfg.seed)
-    policy_cls = POLICIES[variant]
-    global_bank = None if variant in ("spec", "spec_opt") else get_bank(model)
-    ledger = CommLedger()
-    policy = policy_cls(cfg.model, global_bank,
-                        {k: s.global_ids for k, s in data.items()},
-                        {k: s.vocab_size for k, s in data.items()}, cfg.seed, ledger)
-    o = cfg.train.outer
-    state = RunState(
-        body=get_body(model), policy=policy,
-        outer=OuterOptimizer(o.optimizer, o.lr, o.momentum), ledger=ledger,
-        round_rng=torch.Generator().manual_seed(derived_seed(cfg.seed, "rounds")),
-        samplers={k: BatchSampler(s.train, cfg.train.seq_len, cfg.train.batch_size,
-                                  derived_seed(cfg.seed, "batches", k))
-                  for k, s in data.items()},
-        sources=sources or {k: s.train_tokens for k, s in data.items()},
-    )
-    return model, state
-
-
-def _save(ckpt_dir: Path, state: RunState, keep: int) -> None:
-    tensors = {**ck.pack("body", state.body), **ck.pack("policy", state.policy.state_dict()),
-               **ck.pack("outer", state.outer.state_dict()),
-               "rng/rounds": state.round_rng.get_state()}
-    groups = {}
-    for k, sampler in state.samplers.items():
-        tensors[f"rng/batches/{k}"] = sampler.state()
-    for k, opt in state.opt_states.items():
-        flat, groups[k] = ck.optimizer_to_tensors(opt)
-        tensors.update(ck.pack(f"opt/{k}", flat))
-    meta = {"done": state.done, "history": state.history,
-            "ledger": state.ledger.state_dict(), "opt_groups": groups}
-    ck.save(ckpt_dir, state.done, tensors, meta, keep)
-
-
-def _restore(ckpt_dir: Path, state: RunState) -> None:
-    found = ck.load_latest(ckpt_dir)
-    if found is None:
-        return
-    _, tensors, meta = found
-    state.body = ck.unpack("body", tensors)
-    state.policy.load_state_dict(ck.unpack("policy", tensors))
-    state.outer.load_state_dict(ck.unpack("outer", tensors))
-    state.round_rng.set_state(tensors["rng/rounds"])
-    for k, sampler in state.samplers.items():
-        sampler.set_state(tensors[f"rng/batches/{k}"])
-    state.opt_states = {k: ck.optimizer_from_tensors(ck.unpack(f"opt/{k}", tensors), g)
-                        for k, g in meta["opt_groups"].items()}
-    state.ledger.load_state_dict(meta["ledger"])
-    state.history, state.done = meta["history"], meta["done"]
+    sources: dict[str, SourceInfo]       # every training source (config order)
+    history: list[dict]
+    ledger: CommLedger
+    exchange_stats: list[dict] = field(default_factory=list)  # per process (torchrun)
 
 
 def sample_sources(names: list[str], k: int, rng: torch.Generator) -> list[str]:
@@ -126,88 +61,172 @@ def sample_sources(names: list[str], k: int, rng: torch.Generator) -> list[str]:
     return [names[i] for i in chosen.tolist()]
 
 
-def _train_source(model, state: RunState, cfg: Config, source: str, rnd: int, device):
-    """One source's local round: returns (Δbody, new bank, stats)."""
-    t = cfg.train
-    bank = state.policy.download(rnd, source)
-    state.ledger.add(rnd, source, "down", "body", nbytes(state.body))
-    load_body(model, state.body)
-    set_bank(model, bank)
-    opt = make_optimizer(model, t)
-    if t.inner_state == "keep" and source in state.opt_states:
-        opt.load_state_dict(state.opt_states[source])
-    total = t.rounds * t.local_steps
-    stats = local_train(
-        model, opt, state.samplers[source], t.local_steps, (rnd - 1) * t.local_steps,
-        lambda s: lr_at(s, total, t.lr, t.warmup_steps, t.min_lr_ratio), t.grad_clip, device,
-    )
-    new_body, new_bank = get_body(model), get_bank(model)
-    bad = all_finite(new_body) or all_finite(new_bank)
-    if bad is not None or not torch.isfinite(torch.tensor(stats.loss)):
-        raise NonFiniteUpdate(
-            f"round {rnd}: source '{source}' returned a non-finite update "
-            f"({bad or 'loss'}); the round was not applied, the last checkpoint is intact "
-            f"— lower train.lr or check the source's data"
-        )
-    delta = {n: new_body[n].cpu() - state.body[n] for n in state.body}
-    state.ledger.add(rnd, source, "up", "body", nbytes(delta))
-    return delta, {c: v.cpu() for c, v in new_bank.items()}, stats, opt.state_dict()
+class DeptRun:
+    """One DEPT variant's rounds over the sources in `data` (this process's share; `sources`
+    describes every training source, default: those in `data`)."""
 
+    def __init__(self, cfg: Config, variant: Variant, data: dict[str, SourceData],
+                 global_vocab: int, device: torch.device, exchange: Exchange = LOCAL,
+                 sources: dict[str, SourceInfo] | None = None):
+        policy_cls = POLICIES[variant.policy]
+        if policy_cls.server_bank == variant.local_banks_only:
+            raise ValueError(f"variant '{variant.name}': local_banks_only="
+                             f"{variant.local_banks_only} contradicts policy '{variant.policy}'")
+        if policy_cls.needs_subvocab and variant.tokenizer != "subvocab":
+            raise ValueError(f"variant '{variant.name}': policy '{variant.policy}' needs the "
+                             f"subvocab tokenizer layout, not '{variant.tokenizer}'")
+        self.cfg, self.data, self.device, self.exchange = cfg, data, device, exchange
+        self.model = build_model(cfg.model, global_vocab, cfg.seed)
+        self.ledger = CommLedger()
+        self.policy = policy_cls(
+            cfg.model, get_bank(self.model) if policy_cls.server_bank else None,
+            {k: s.global_ids for k, s in data.items()},
+            {k: s.vocab_size for k, s in data.items()}, cfg.seed, self.ledger)
+        o = cfg.train.outer
+        self.body = get_body(self.model)
+        self.outer = OuterOptimizer(o.optimizer, o.lr, o.momentum)
+        self.round_rng = torch.Generator().manual_seed(derived_seed(cfg.seed, "rounds"))
+        self.samplers = {k: BatchSampler(s.train, cfg.train.seq_len, cfg.train.batch_size,
+                                         derived_seed(cfg.seed, "batches", k))
+                         for k, s in data.items()}
+        self.sources = sources or {k: s.info() for k, s in data.items()}
+        self.opt_states: dict[str, dict] = {}
+        self.history: list[dict] = []
+        self.done = 0
+        # device placement, optional per-block compile, pinned batches on CUDA
+        self.samplers = accel.prepare(self.model, self.samplers, cfg, device)
 
-def evaluate_all(model, state: RunState, data: dict[str, SourceData], device) -> dict:
-    out = {}
-    load_body(model, state.body)
-    for name, src in data.items():
-        bank = state.policy.eval_bank(name)
-        if bank is None:  # SPEC: a source never sampled has no embeddings yet
-            continue
+    # --- the run protocol -------------------------------------------------------------------
+    def run_round(self) -> dict:
+        """One round of Algorithm 1. Every process samples the same S_t (same seeded
+        generator) and ends with the same θ; the round's record is appended to `history`."""
+        rnd, t, start = self.done + 1, self.cfg.train, time.perf_counter()
+        chosen = sample_sources(list(self.sources), t.sources_per_round, self.round_rng)
+        mine = [k for k in chosen if k in self.data]
+        deltas, stats, opts = {}, {}, {}
+        for k in mine:
+            deltas[k], new_bank, stats[k], opts[k] = self._train_source(k, rnd)
+            self.policy.upload(rnd, k, new_bank)
+            faults.point("source-trained")  # kill -9 tests: mid-round (tests/test_faults.py)
+        weights = {k: (self.sources[k].train_tokens if t.outer.weighting == "tokens" else 1.0)
+                   for k in chosen}
+        means = self.exchange.means(self.body, [deltas[k] for k in mine],
+                                    [weights[k] for k in mine], sum(weights.values()))
+        for n, param in self.body.items():
+            self.outer.step(f"body/{n}", param, means[n])
+        self.policy.aggregate(weights, self.outer, self.exchange)
+        if t.inner_state == "keep":
+            self.opt_states.update(opts)
+        record = self._record(rnd, chosen, stats)
+        if rnd % t.eval_every == 0 or rnd == t.rounds:
+            val = {k: v for part in self.exchange.gather(self._validate())
+                   for k, v in part.items()}
+            record["val"] = {k: val[k] for k in self.sources if k in val}
+        record["seconds"] = time.perf_counter() - start
+        self.history.append(record)
+        self.done = rnd
+        return record
+
+    def save(self, ckpt_dir: Path, keep: int) -> None:
+        tensors = {**ck.pack("body", self.body), **ck.pack("policy", self.policy.state_dict()),
+                   **ck.pack("outer", self.outer.state_dict()),
+                   "rng/rounds": self.round_rng.get_state()}
+        groups = {}
+        for k, sampler in self.samplers.items():
+            tensors[f"rng/batches/{k}"] = sampler.state()
+        for k, opt in self.opt_states.items():
+            flat, groups[k] = ck.optimizer_to_tensors(opt)
+            tensors.update(ck.pack(f"opt/{k}", flat))
+        meta = {"done": self.done, "history": self.history,
+                "ledger": self.ledger.state_dict(), "opt_groups": groups}
+        ck.save(ckpt_dir, self.done, tensors, meta, keep)
+
+    def restore(self, ckpt_dir: Path) -> bool:
+        found = ck.load_latest(ckpt_dir)
+        if found is None:
+            return False
+        _, tensors, meta = found
+        self.body = ck.unpack("body", tensors)
+        self.policy.load_state_dict(ck.unpack("policy", tensors))
+        self.outer.load_state_dict(ck.unpack("outer", tensors))
+        self.round_rng.set_state(tensors["rng/rounds"])
+        for k, sampler in self.samplers.items():
+            sampler.set_state(tensors[f"rng/batches/{k}"])
+        self.opt_states = {k: ck.optimizer_from_tensors(ck.unpack(f"opt/{k}", tensors), g)
+                           for k, g in meta["opt_groups"].items()}
+        self.ledger.load_state_dict(meta["ledger"])
+        self.history, self.done = meta["history"], meta["done"]
+        return True
+
+    def result(self) -> RunOutcome | None:
+        """The final body and banks; under torchrun the banks are gathered on rank 0 once
+        (other ranks get None)."""
+        local = {k: b for k in self.data if (b := self.policy.eval_bank(k)) is not None}
+        parts = self.exchange.gather_to_root({"banks": local, "stats": self.exchange.stats()})
+        if parts is None:
+            return None
+        banks = {k: v for p in parts for k, v in p["banks"].items()}
+        return RunOutcome(self.body, {k: banks[k] for k in self.sources if k in banks},
+                          self.policy.bank, self.sources, self.history, self.ledger,
+                          [p["stats"] for p in parts])
+
+    # --- one source, one round ----------------------------------------------------------------
+    def _train_source(self, source: str, rnd: int):
+        """One source's local round: (Δbody, new bank, stats, inner optimiser state)."""
+        t, model = self.cfg.train, self.model
+        bank = self.policy.download(rnd, source)
+        self.ledger.add(rnd, source, "down", "body", nbytes(self.body))
+        load_body(model, self.body)
         set_bank(model, bank)
-        out[name] = evaluate_windows(model, src.val, src.val_bytes, device)
-    return out
+        opt = make_optimizer(model, t)
+        if t.inner_state == "keep" and source in self.opt_states:
+            opt.load_state_dict(self.opt_states[source])
+        total = t.rounds * t.local_steps
+        stats = local_train(
+            model, opt, self.samplers[source], t.local_steps, (rnd - 1) * t.local_steps,
+            lambda s: lr_at(s, total, t.lr, t.warmup_steps, t.min_lr_ratio), t.grad_clip,
+            self.device,
+        )
+        new_body, new_bank = get_body(model), get_bank(model)
+        bad = first_nonfinite(new_body) or first_nonfinite(new_bank)
+        if bad is not None or not torch.isfinite(torch.tensor(stats.loss)):
+            raise NonFiniteUpdate(
+                f"round {rnd}: source '{source}' returned a non-finite update "
+                f"({bad or 'loss'}); the round was not applied, the last checkpoint is intact "
+                f"— lower train.lr or check the source's data"
+            )
+        delta = {n: new_body[n].cpu() - self.body[n] for n in self.body}
+        self.ledger.add(rnd, source, "up", "body", nbytes(delta))
+        return delta, {c: v.cpu() for c, v in new_bank.items()}, stats, opt.state_dict()
 
+    def _validate(self) -> dict:
+        """Validation of this process's sources that have embeddings (a SPEC source never
+        sampled has none yet)."""
+        out = {}
+        load_body(self.model, self.body)
+        for name, src in self.data.items():
+            bank = self.policy.eval_bank(name)
+            if bank is None:
+                continue
+            set_bank(self.model, bank)
+            out[name] = evaluate_windows(self.model, src.val, src.val_bytes, self.device)
+        return out
 
-def run_round(model, state: RunState, cfg: Config, data: dict[str, SourceData], device,
-              group: Exchange = LOCAL) -> dict:
-    """One round of Algorithm 1. `data` holds the sources this process trains (all of them
-    in-process, a rank's share under torchrun); `group` combines every process's updates.
-    Every process samples the same S_t (same seeded generator) and ends with the same θ."""
-    rnd, t, start = state.done + 1, cfg.train, time.perf_counter()
-    chosen = sample_sources(list(state.sources), t.sources_per_round, state.round_rng)
-    mine = [k for k in chosen if k in data]
-    deltas, stats, opts = {}, {}, {}
-    for k in mine:
-        deltas[k], new_bank, stats[k], opts[k] = _train_source(model, state, cfg, k, rnd, device)
-        state.policy.upload(rnd, k, new_bank)
-        faults.point("source-trained")  # kill -9 tests: mid-round (tests/test_faults.py)
-    weights = {k: (state.sources[k] if t.outer.weighting == "tokens" else 1.0)
-               for k in chosen}
-    means = group.means(state.body, [deltas[k] for k in mine], [weights[k] for k in mine],
-                        sum(weights.values()))
-    for n, param in state.body.items():
-        state.outer.step(f"body/{n}", param, means[n])
-    state.policy.aggregate(weights, state.outer, group)
-    if t.inner_state == "keep":
-        state.opt_states.update(opts)
-    shared = group.gather({
-        "loss": {k: s.loss for k, s in stats.items()},
-        "tokens": sum(s.tokens for s in stats.values()),
-        "seconds": sum(s.seconds for s in stats.values()),
-        "comm": [r for r in state.ledger.records if r[0] == rnd]})
-    _merge_round_ledger(state.ledger, rnd, chosen, [p["comm"] for p in shared])
-    losses = {k: v for p in shared for k, v in p["loss"].items()}
-    tokens = sum(p["tokens"] for p in shared)
-    record = {"round": rnd, "sources": chosen,
-              "train_loss": {k: losses[k] for k in chosen},
-              "tokens": tokens,
-              # processes train side by side: the slowest one's training time
-              "tokens_per_s": tokens / max(max(p["seconds"] for p in shared), 1e-9),
-              "comm": state.ledger.round_detail(rnd)}
-    if rnd % t.eval_every == 0 or rnd == t.rounds:
-        val = {k: v for part in group.gather(evaluate_all(model, state, data, device))
-               for k, v in part.items()}
-        record["val"] = {k: val[k] for k in state.sources if k in val}
-    record["seconds"] = time.perf_counter() - start
-    return record
+    def _record(self, rnd: int, chosen: list[str], stats: dict) -> dict:
+        shared = self.exchange.gather({
+            "loss": {k: s.loss for k, s in stats.items()},
+            "tokens": sum(s.tokens for s in stats.values()),
+            "seconds": sum(s.seconds for s in stats.values()),
+            "comm": [r for r in self.ledger.records if r[0] == rnd]})
+        _merge_round_ledger(self.ledger, rnd, chosen, [p["comm"] for p in shared])
+        losses = {k: v for p in shared for k, v in p["loss"].items()}
+        tokens = sum(p["tokens"] for p in shared)
+        return {"round": rnd, "sources": chosen,
+                "train_loss": {k: losses[k] for k in chosen},
+                "tokens": tokens,
+                # processes train side by side: the slowest one's training time
+                "tokens_per_s": tokens / max(max(p["seconds"] for p in shared), 1e-9),
+                "comm": self.ledger.round_detail(rnd)}
 
 
 def _merge_round_ledger(ledger: CommLedger, rnd: int, chosen: list[str],
@@ -220,19 +239,3 @@ def _merge_round_ledger(ledger: CommLedger, rnd: int, chosen: list[str],
             by_source.setdefault(rec[1], []).append(tuple(rec))
     ledger.records = [r for r in ledger.records if r[0] != rnd] + \
         [rec for k in chosen for rec in by_source.get(k, [])]
-
-
-def flat_metrics(record: dict, cumulative: dict) -> dict[str, float]:
-    """One round's record as flat MLflow-style metric names."""
-    out = {f"train_loss/{k}": v for k, v in record["train_loss"].items()}
-    out["tokens_per_s"] = record["tokens_per_s"]
-    out["comm/bytes_down"] = record["comm"]["down"]
-    out["comm/bytes_up"] = record["comm"]["up"]
-    out["comm/cumulative_bytes"] = cumulative["bytes_down_total"] + cumulative["bytes_up_total"]
-    for comp, v in record["comm"]["components"].items():
-        out[f"comm/{comp}_bytes"] = v["down"] + v["up"]
-    for k, v in record.get("val", {}).items():
-        out[f"val_loss/{k}"], out[f"val_bpb/{k}"] = v["loss"], v["bpb"]
-    if record.get("val"):
-        out["val_bpb_mean"] = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
-    return out

@@ -1,27 +1,132 @@
-"""Train one variant end to end: load data, run (or resume) the rounds, summarise, export.
+"""One training run, whatever its kind: build it, loop its rounds (resumably), write outputs.
 
-This is the function `dept train` and the Prefect pretrain task call.
+The run protocol (`Run`) is shared by every run kind — DEPT's rounds (`rounds.DeptRun`), the
+centralised STD baseline (`std.StdRun`) — and used identically by the in-process backend
+(`train_variant`, what `dept train` and the Prefect pretrain task call) and the torchrun
+backend (`dept_core.distributed`):
+
+    run = build_run(cfg, variant, data, global_vocab, device[, exchange, sources])
+    run.restore(ckpt_dir)                       # resume, if a checkpoint exists
+    train_loop(run, cfg.train.rounds, ...)      # run_round() ... save() after each round
+    result = finish(cfg, variant, run.result(), global_vocab, device)
+    write_outputs(cfg, result, tok_root, out_dir)   # metrics.json + one HF model per source
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
-from dept_core import accel
+import torch
+from torch import Tensor
+
 from dept_core import tokenizers as tk
-from dept_core.comm import table1_bytes_per_round
+from dept_core import variants
+from dept_core.accel import pick_device
+from dept_core.atomic import atomic_dir, write_json
+from dept_core.comm import CommLedger
 from dept_core.config import Config
+from dept_core.errors import DeptError
 from dept_core.export import export_model
-from dept_core.model import ROW_COMPONENTS, build_model, get_bank, get_body, nbytes, numel
-from dept_core.rounds import RunResult, _restore, _save, _setup, flat_metrics, run_round
-from dept_core.sourcedata import SourceData, load_sources
+from dept_core.model import nbytes, numel
+from dept_core.outer import LOCAL, Exchange
+from dept_core.policies import table1_bytes_per_round
+from dept_core.rounds import DeptRun, RunOutcome
+from dept_core.sourcedata import SourceData, SourceInfo, load_sources
 from dept_core.std import StdRun
-from dept_core.trainer import MetricsSink, MemorySink, pick_device
+from dept_core.trainer import MemorySink, MetricsSink
 
 OnRound = Callable[[dict], None]
+
+
+class Run(Protocol):
+    """A resumable training run: rounds, checkpoints, and its final parts."""
+
+    history: list[dict]   # one record per finished round
+    done: int             # rounds finished
+    ledger: CommLedger    # every byte that crossed the source/server boundary
+
+    def run_round(self) -> dict:
+        """Train one round; append its record to `history` and return it."""
+
+    def save(self, ckpt_dir: Path, keep: int) -> None:
+        """Checkpoint everything a resumed run needs (after a finished round)."""
+
+    def restore(self, ckpt_dir: Path) -> bool:
+        """Continue from the newest checkpoint in `ckpt_dir`, if any (True if restored)."""
+
+    def result(self) -> RunOutcome | None:
+        """The final body and banks (None on a torchrun rank other than 0)."""
+
+
+@dataclass
+class RunResult:
+    """A finished run: its metrics (metrics.json) and what is exported."""
+
+    metrics: dict
+    body: dict[str, Tensor]
+    banks: dict[str, dict[str, Tensor]]  # per source, as exported
+    global_bank: dict[str, Tensor] | None
+    sources: dict[str, SourceInfo]       # each source's tokenizer and vocabulary
+
+
+def build_run(cfg: Config, variant: str, data: dict[str, SourceData], global_vocab: int,
+              device: torch.device, exchange: Exchange = LOCAL,
+              sources: dict[str, SourceInfo] | None = None) -> Run:
+    """The run kind the registry names for `variant` (`dept_core.variants`)."""
+    spec = variants.get(variant)
+    if spec.centralised:
+        if exchange is not LOCAL:
+            raise DeptError(f"variant {variant} (centralised training) runs in-process only; "
+                            f"use train.backend=inprocess for it")
+        return StdRun(cfg, data, global_vocab, device)
+    return DeptRun(cfg, spec, data, global_vocab, device, exchange, sources)
+
+
+def round_metrics(record: dict, cumulative: dict) -> dict[str, float]:
+    """One round's record as flat MLflow-style metric names."""
+    out = {f"train_loss/{k}": v for k, v in record["train_loss"].items()}
+    out["tokens_per_s"] = record["tokens_per_s"]
+    out["comm/bytes_down"] = record["comm"]["down"]
+    out["comm/bytes_up"] = record["comm"]["up"]
+    out["comm/cumulative_bytes"] = cumulative["bytes_down_total"] + cumulative["bytes_up_total"]
+    for comp, v in record["comm"]["components"].items():
+        out[f"comm/{comp}_bytes"] = v["down"] + v["up"]
+    for k, v in record.get("val", {}).items():
+        out[f"val_loss/{k}"], out[f"val_bpb/{k}"] = v["loss"], v["bpb"]
+    if record.get("val"):
+        out["val_bpb_mean"] = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
+    return out
+
+
+def round_line(record: dict, rounds: int) -> str:
+    """One finished round, as a log line."""
+    losses = " ".join(f"{k}={v:.3f}" for k, v in record["train_loss"].items())
+    line = (f"round {record['round']}/{rounds} | sources {','.join(record['sources'])} | "
+            f"train loss {losses} | {record['tokens_per_s']:.0f} tok/s | "
+            f"comm {(record['comm']['down'] + record['comm']['up']) / 1e6:.2f} MB")
+    if record.get("val"):
+        mean = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
+        line += f" | val bits/byte {mean:.3f}"
+    return line
+
+
+def train_loop(run: Run, rounds: int, ckpt_dir: Path | None, keep: int,
+               sink: MetricsSink, on_round: OnRound | None = None) -> None:
+    """Run the rounds left, checkpointing after each. A resumed run first re-logs its
+    finished rounds, so a new tracking run after a crash misses nothing."""
+    for record in run.history:
+        sink.log(round_metrics(record, run.ledger.totals(upto=record["round"])),
+                 step=record["round"])
+    while run.done < rounds:
+        record = run.run_round()
+        sink.log(round_metrics(record, run.ledger.totals()), step=record["round"])
+        if on_round:
+            on_round(record)
+        if ckpt_dir is not None:
+            run.save(ckpt_dir, keep)
 
 
 def run_key(cfg: Config, variant: str, prepared: Path, tok_root: Path) -> str:
@@ -35,73 +140,40 @@ def run_key(cfg: Config, variant: str, prepared: Path, tok_root: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def global_vocab_size(tok_root: Path) -> int:
+    return tk.load(Path(tok_root) / "global" / "spm.model").get_piece_size()
+
+
 def train_variant(cfg: Config, variant: str, prepared: Path, tok_root: Path,
                   ckpt_dir: Path | None, sink: MetricsSink | None = None,
                   on_round: OnRound | None = None) -> tuple[RunResult, dict[str, SourceData]]:
-    sink = sink or MemorySink()
+    """Train (or resume, from `ckpt_dir`) one variant in this process."""
     device = pick_device(cfg.train.device)
-    data = load_sources(variant, cfg.data.train_sources, prepared, tok_root,
-                        cfg.train.seq_len, cfg.train.eval_tokens)
-    global_vocab = tk.load(Path(tok_root) / "global" / "spm.model").get_piece_size()
-    if variant == "std":
-        result = _run_std(cfg, data, global_vocab, device, ckpt_dir, sink, on_round)
-    else:
-        result = _run_dept(cfg, variant, data, global_vocab, device, ckpt_dir, sink, on_round)
-    result.metrics.update(variant=variant, global_vocab_size=global_vocab,
-                          device=str(device))
-    return result, data
-
-
-def _loop(run_one, state, cfg, ckpt_dir, save, sink, on_round):
-    # A resumed run: the sink (a new MLflow run) gets the finished rounds too, so no finished
-    # work is missing from tracking after a crash.
-    for record in state.history:
-        sink.log(flat_metrics(record, state.ledger.totals(upto=record["round"])),
-                 step=record["round"])
-    for _ in range(state.done, cfg.train.rounds):
-        record = run_one()
-        state.history.append(record)
-        state.done = record["round"]
-        sink.log(flat_metrics(record, state.ledger.totals()), step=record["round"])
-        if on_round:
-            on_round(record)
-        if ckpt_dir is not None:
-            save()
-
-
-def _run_dept(cfg, variant, data, global_vocab, device, ckpt_dir, sink, on_round):
-    model, state = _setup(cfg, variant, data, global_vocab)
-    accel.prepare(model, state, cfg, device)  # device, optional compile, pinned batches
-    if ckpt_dir is not None:
-        _restore(ckpt_dir, state)
-    _loop(lambda: run_round(model, state, cfg, data, device), state, cfg, ckpt_dir,
-          lambda: _save(ckpt_dir, state, cfg.train.checkpoint_keep), sink, on_round)
-    policy = state.policy
-    banks = {k: b for k in data if (b := policy.eval_bank(k)) is not None}
-    result = RunResult({}, state.body, banks, policy.bank)
-    result.metrics = summarise(cfg, variant, state.history, state.ledger, state.body, banks,
-                               policy.bank, data, global_vocab)
-    return result
-
-
-def _run_std(cfg, data, global_vocab, device, ckpt_dir, sink, on_round):
-    run = StdRun(cfg, data, global_vocab, device)
+    data = load_sources(variants.get(variant).tokenizer, cfg.data.train_sources, prepared,
+                        tok_root, cfg.train.seq_len, cfg.train.eval_tokens)
+    vocab = global_vocab_size(tok_root)
+    run = build_run(cfg, variant, data, vocab, device)
     if ckpt_dir is not None:
         run.restore(ckpt_dir)
-    _loop(run.run_round, run, cfg, ckpt_dir,
-          lambda: run.save(ckpt_dir, cfg.train.checkpoint_keep), sink, on_round)
-    body, bank = get_body(run.model), get_bank(run.model)
-    body, bank = {k: v.cpu() for k, v in body.items()}, {k: v.cpu() for k, v in bank.items()}
-    banks = {k: bank for k in data}
-    result = RunResult({}, body, banks, bank)
-    result.metrics = summarise(cfg, "std", run.history, run.ledger, body, banks, bank, data,
-                               global_vocab)
-    return result
+    train_loop(run, cfg.train.rounds, ckpt_dir, cfg.train.checkpoint_keep,
+               sink or MemorySink(), on_round)
+    return finish(cfg, variant, run.result(), vocab, device), data
 
 
-def summarise(cfg, variant, history, ledger, body, banks, global_bank, data,
-              global_vocab) -> dict:
+def finish(cfg: Config, variant: str, outcome: RunOutcome, global_vocab: int,
+           device: torch.device) -> RunResult:
+    metrics = run_metrics(cfg, variant, outcome, global_vocab)
+    metrics.update(variant=variant, global_vocab_size=global_vocab, device=str(device))
+    return RunResult(metrics, outcome.body, outcome.banks, outcome.global_bank,
+                     outcome.sources)
+
+
+def run_metrics(cfg: Config, variant: str, outcome: RunOutcome, global_vocab: int) -> dict:
+    """metrics.json of a run: sizes, memory, communication (with Table 1), final validation."""
     t, d = cfg.train, cfg.model.dims()["d_model"]
+    body, banks, global_bank, ledger = (outcome.body, outcome.banks, outcome.global_bank,
+                                        outcome.ledger)
+    history, sources = outcome.history, outcome.sources
     totals = ledger.totals()
     steps = t.rounds * t.local_steps
     pos_rows = cfg.model.max_seq_len if cfg.model.family == "gpt2" else 0
@@ -112,11 +184,11 @@ def summarise(cfg, variant, history, ledger, body, banks, global_bank, data,
     final = history[-1].get("val", {}) if history else {}
     out = {
         "variant": variant, "rounds": t.rounds, "local_steps": t.local_steps,
-        "sources_per_round": t.sources_per_round, "sources": list(data),
+        "sources_per_round": t.sources_per_round, "sources": list(sources),
         "body_params": numel(body),
         "embedding_params": {k: numel(b) for k, b in banks.items()},
         "global_embedding_params": numel(global_bank) if global_bank is not None else None,
-        "sub_vocab_size": {k: s.vocab_size for k, s in data.items()},
+        "sub_vocab_size": {k: s.vocab_size for k, s in sources.items()},
         "memory": {"embedding_bytes": {k: nbytes(b) for k, b in banks.items()},
                    "global_embedding_bytes": nbytes(global_bank) if global_bank else 0,
                    "body_bytes": nbytes(body)},
@@ -129,22 +201,32 @@ def summarise(cfg, variant, history, ledger, body, banks, global_bank, data,
                   if final else None},
         "history": history,
     }
-    if variant != "std":
+    policy = variants.get(variant).policy
+    if policy is not None:
         out["comm"]["table1_per_round"] = [
-            table1_bytes_per_round(variant, numel(body), global_vocab,
-                                   [data[k].vocab_size for k in h["sources"]], d, pos_rows)
+            table1_bytes_per_round(policy, numel(body), global_vocab,
+                                   [sources[k].vocab_size for k in h["sources"]], d, pos_rows)
             for h in history]
     return out
 
 
-def export_all(cfg: Config, result: RunResult, data: dict[str, SourceData], tok_root: Path,
-               out_dir: Path) -> list[Path]:
-    """One HF model per source (body + its bank + its tokenizer); GLOB/TRIM/STD: global too."""
+def export_all(cfg: Config, result: RunResult, tok_root: Path, out_dir: Path) -> list[Path]:
+    """One HF model per source (body + its bank + its tokenizer); a global one too where a
+    global embedding exists (GLOB, TRIM, STD)."""
     out = []
     for name, bank in result.banks.items():
-        out.append(export_model(cfg.model, result.body, bank, data[name].tokenizer_dir,
+        out.append(export_model(cfg.model, result.body, bank, result.sources[name].tokenizer_dir,
                                 Path(out_dir) / name))
     if result.global_bank is not None:
         out.append(export_model(cfg.model, result.body, result.global_bank,
                                 Path(tok_root) / "global", Path(out_dir) / "global"))
     return out
+
+
+def write_outputs(cfg: Config, result: RunResult, tok_root: Path, out_dir: Path,
+                  export: bool = True) -> None:
+    """A run's outputs: `<out_dir>/models/` (swapped in atomically) and `metrics.json`."""
+    if export:
+        with atomic_dir(Path(out_dir) / "models") as tmp:
+            export_all(cfg, result, tok_root, tmp)
+    write_json(Path(out_dir) / "metrics.json", result.metrics)

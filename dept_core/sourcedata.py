@@ -1,10 +1,12 @@
 """Each source's tokens as a variant sees them (which tokenizer, which vocabulary).
 
-| variant          | tokenizer of source k                       | vocabulary        |
-|------------------|---------------------------------------------|-------------------|
-| glob, std        | the global one                              | V                 |
-| trim, spec       | the global one restricted to V_k (subvocab/)| V_k (local ids)   |
-| spec_opt         | the source's own (spec_opt/)                | its own           |
+The variant's tokenizer layout (`dept_core.variants`) decides:
+
+| layout    | tokenizer of source k (under data/tokenizers/) | vocabulary      | e.g.       |
+|-----------|------------------------------------------------|-----------------|------------|
+| global    | the global one (global/)                       | V               | glob, std  |
+| subvocab  | the global one restricted to V_k (subvocab/k/) | V_k (local ids) | trim, spec |
+| own       | the source's own (spec_opt/k/)                 | its own         | spec_opt   |
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ from dept_core import tokenizers as tk
 from dept_core.batches import cap_docs, eval_windows, token_stream
 from dept_core.data import read_split
 from dept_core.errors import DataError
+from dept_core.variants import Layout
+
+LAYOUT_DIRS = {"global": "global", "subvocab": "subvocab", "own": "spec_opt"}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a run's outputs need to know of a source (small; gathered across ranks)."""
+
+    name: str
+    tokenizer_dir: Path
+    vocab_size: int
+    train_tokens: int
 
 
 @dataclass
@@ -29,19 +44,20 @@ class SourceData:
     train: Tensor           # the train split as one token stream
     val: Tensor             # evaluation windows over the (capped) validation split
     val_bytes: int
-    global_ids: Tensor | None  # local id -> global id (trim/spec), else None
+    global_ids: Tensor | None  # local id -> global id (subvocab layout), else None
 
     @property
     def train_tokens(self) -> int:
         return len(self.train)
 
+    def info(self) -> SourceInfo:
+        return SourceInfo(self.name, self.tokenizer_dir, self.vocab_size, self.train_tokens)
 
-def tokenizer_dir(tok_root: Path, variant: str, source: str) -> Path:
-    if variant in ("glob", "std"):
-        return Path(tok_root) / "global"
-    if variant in ("trim", "spec"):
-        return Path(tok_root) / "subvocab" / source
-    return Path(tok_root) / "spec_opt" / source
+
+def tokenizer_dir(tok_root: Path, layout: Layout, source: str) -> Path:
+    if layout == "global":
+        return Path(tok_root) / LAYOUT_DIRS[layout]
+    return Path(tok_root) / LAYOUT_DIRS[layout] / source
 
 
 def encode_split(tok_dir: Path, prepared: Path, source: str, split: str,
@@ -60,18 +76,20 @@ def encode_split(tok_dir: Path, prepared: Path, source: str, split: str,
     return token_stream(docs), n_bytes
 
 
-def load_sources(variant: str, sources: list[str], prepared: Path, tok_root: Path,
+def load_sources(layout: Layout, sources: list[str], prepared: Path, tok_root: Path,
                  seq_len: int, eval_tokens: int) -> dict[str, SourceData]:
+    """Each source's train stream and validation windows as tokenizer `layout` reads them
+    (a variant's `dept_core.variants.get(name).tokenizer`)."""
     out = {}
     for name in sources:
-        tdir = tokenizer_dir(tok_root, variant, name)
+        tdir = tokenizer_dir(tok_root, layout, name)
         train, _ = encode_split(tdir, prepared, name, "train")
         if len(train) < seq_len + 2:
             raise DataError(f"source '{name}': {len(train)} training tokens, fewer than "
                             f"train.seq_len + 2 = {seq_len + 2}")
         val, val_bytes = encode_split(tdir, prepared, name, "val", eval_tokens)
         ids = None
-        if variant in ("trim", "spec"):
+        if layout == "subvocab":
             ids = torch.tensor(tk.read_subvocab(tdir), dtype=torch.long)
         out[name] = SourceData(name, tdir, tk.load(tdir / "spm.model").get_piece_size(),
                                train, eval_windows(val, seq_len), val_bytes, ids)

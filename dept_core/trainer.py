@@ -1,16 +1,21 @@
-"""The inner loop shared by every variant: AdamW steps on one source's batches."""
+"""The one inner loop: optimiser steps on batches from a batch source.
+
+`local_train` serves every training in the project: a DEPT source's local round, the STD
+baseline's steps on the mixture, continued pre-training, plasticity and downstream
+fine-tuning. What differs is passed in: the batch source (`.next()`), the loss function and
+the learning-rate schedule.
+"""
 
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
 
-from dept_core.batches import BatchSampler
 from dept_core.config import TrainConfig
 from dept_core.metrics import bits_per_byte, perplexity
 from dept_core.model import lm_loss
@@ -30,12 +35,14 @@ class MemorySink:
         self.rows.append((step, dict(metrics)))
 
 
-def pick_device(pref: str = "auto") -> torch.device:
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but CUDA is not available")
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(pref)
+class BatchSource(Protocol):
+    """Anything that hands out training batches: `BatchSampler`, `MixtureSampler`, ..."""
+
+    def next(self) -> Any: ...
+
+
+#: (model, batch on the device) -> (summed loss, count); the step minimises loss / count
+LossFn = Callable[[torch.nn.Module, Any], tuple[Tensor, int]]
 
 
 def autocast_for(device: torch.device):
@@ -60,34 +67,46 @@ def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Ada
 
 @dataclass
 class LocalStats:
-    loss: float  # mean nats per token over the local steps
-    tokens: int
+    loss: float  # mean loss per counted unit (nats per token for a language model)
+    tokens: int  # counted units (tokens for a language model)
     seconds: float
+    step_losses: list[float]  # each step's loss / count
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / max(self.seconds, 1e-9)
 
 
-def local_train(model, opt, sampler: BatchSampler, steps: int, first_step: int,
-                lr_at: Callable[[int], float], grad_clip: float,
-                device: torch.device) -> LocalStats:
-    """`steps` AdamW steps; the learning rate follows the global step count."""
-    loss_sum, tok_sum, start = 0.0, 0, time.perf_counter()
+def to_device(batch, device: torch.device):
+    """A tensor, or a tuple of tensors, on `device` (asynchronously from pinned memory)."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    return tuple(to_device(b, device) for b in batch)
+
+
+def local_train(model, opt, batches: BatchSource, steps: int, first_step: int,
+                lr_at: Callable[[int], float], grad_clip: float, device: torch.device,
+                loss_fn: LossFn = lm_loss) -> LocalStats:
+    """`steps` optimiser steps; the learning rate follows the global step count
+    (`lr_at(first_step + i)`). The default loss is next-token cross-entropy."""
+    loss_sum, tok_sum, start, step_losses = 0.0, 0, time.perf_counter(), []
     for i in range(steps):
         lr = lr_at(first_step + i)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = sampler.next().to(device, non_blocking=True)
+        batch = to_device(batches.next(), device)
         with autocast_for(device):
-            loss, n = lm_loss(model, batch)
+            loss, n = loss_fn(model, batch)
         (loss / n).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss_sum += float(loss.detach())
+        value = float(loss.detach())
+        loss_sum += value
         tok_sum += n
-    return LocalStats(loss_sum / max(tok_sum, 1), tok_sum, time.perf_counter() - start)
+        step_losses.append(value / n)
+    return LocalStats(loss_sum / max(tok_sum, 1), tok_sum, time.perf_counter() - start,
+                      step_losses)
 
 
 @torch.no_grad()
@@ -107,8 +126,8 @@ def evaluate_windows(model, windows: Tensor, n_bytes: int, device: torch.device,
             "bpb": bits_per_byte(total, n_bytes), "tokens": count, "bytes": n_bytes}
 
 
-def all_finite(tensors: dict[str, Tensor]) -> str | None:
-    """The name of the first tensor holding NaN/Inf, or None."""
+def first_nonfinite(tensors: dict[str, Tensor]) -> str | None:
+    """The name of the first tensor holding NaN/Inf, or None when all are finite."""
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             return name

@@ -1,152 +1,107 @@
-"""The four DEPT embedding policies behind one interface (paper §3, Algorithm 1).
+"""The variant registry: every variant the pipeline knows, declared in one place.
 
-A policy decides which bank a sampled source starts from (`download`), what it sends back
-(`upload`) and how the server folds it in (`aggregate`). The body is handled identically for
-every variant by the round loop. Every tensor that crosses the boundary is put in the ledger.
+A variant is what `train.variants` lists and what `dept train --variant` accepts. It declares
 
-| policy   | bank at the server          | a source receives / returns           |
-|----------|-----------------------------|---------------------------------------|
-| glob     | tok over V (+pos, +head)    | everything                            |
-| trim     | tok over V (+pos, +head)    | rows of V_k (+pos), rows averaged     |
-|          |                             | only over the sources holding them    |
-| spec     | none                        | nothing: a bank per source over V_k,  |
-| spec_opt |                             | random init at first sampling         |
+* its **embedding policy** (`dept_core.policies`: which bank a sampled source starts from,
+  what it sends back, how the server folds it in) — or none, for a centralised run;
+* its **tokenizer layout**: `global` (one tokenizer over the mixture, vocabulary V),
+  `subvocab` (the global tokenizer restricted to V_k ⊆ V, local ids), or `own` (a
+  SentencePiece model trained on the source alone, SPEC-OPT);
+* whether it is **centralised** (one model trained on the mixture, gradients synchronised
+  every step: the STD baseline) rather than DEPT's rounds.
+
+Every other module asks this registry (`get(name)`); none tests a variant's name. Adding a
+variant that reuses an existing policy is one `register(Variant(...))` call (or one entry in
+`REGISTRY` below): the config, the CLI, the DVC stages (`foreach: ${train.variants}`), the
+runs and the report follow. This module is deliberately light (no torch): the config and the
+CLI import it.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from dataclasses import dataclass
+from typing import Literal
 
-from dept_core.batches import derived_seed
-from dept_core.comm import CommLedger
-from dept_core.config import ModelConfig
-from dept_core.model import ROW_COMPONENTS, init_bank, nbytes
-from dept_core.outer import LOCAL, Exchange, OuterOptimizer
+Layout = Literal["global", "subvocab", "own"]
 
 
-class Policy:
-    communicates = True
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    summary: str
+    tokenizer: Layout
+    #: the embedding policy's name in `dept_core.policies.POLICIES`; None = centralised run
+    policy: str | None = None
+    #: the policy keeps no bank at the server (SPEC, SPEC-OPT): no global embedding exists
+    local_banks_only: bool = False
 
-    def __init__(self, mcfg: ModelConfig, global_bank: dict[str, Tensor] | None,
-                 rows: dict[str, Tensor], vocab: dict[str, int], seed: int,
-                 ledger: CommLedger):
-        self.mcfg, self.rows, self.vocab, self.seed = mcfg, rows, vocab, seed
-        self.ledger = ledger
-        self.bank = global_bank  # the server's bank (None for SPEC)
-        self.pending: dict[str, dict[str, Tensor]] = {}
-        self.sent: dict[str, dict[str, Tensor]] = {}
+    @property
+    def centralised(self) -> bool:
+        return self.policy is None
 
-    # --- the protocol -----------------------------------------------------------------------
-    def download(self, rnd: int, source: str) -> dict[str, Tensor]:
-        bank = self._slice(source)
-        self.sent[source] = bank
-        for comp, t in bank.items():
-            self.ledger.add(rnd, source, "down", comp, nbytes({comp: t}))
-        return bank
-
-    def upload(self, rnd: int, source: str, new_bank: dict[str, Tensor]) -> None:
-        delta = {c: new_bank[c] - self.sent[source][c] for c in new_bank}
-        for comp, t in delta.items():
-            self.ledger.add(rnd, source, "up", comp, nbytes({comp: t}))
-        self.pending[source] = delta
-
-    def aggregate(self, weights: dict[str, float], outer: OuterOptimizer,
-                  group: Exchange = LOCAL) -> None:
-        """Fold this process's pending uploads in. `weights` holds every source sampled this
-        round (in-process: exactly the pending ones; distributed: on every rank)."""
-        raise NotImplementedError
-
-    def eval_bank(self, source: str) -> dict[str, Tensor] | None:
-        return self._slice(source)
-
-    # --- checkpointing ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Tensor]:
-        return {f"server/{c}": t for c, t in (self.bank or {}).items()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.bank = {k.split("/", 1)[1]: v.clone() for k, v in state.items()
-                     if k.startswith("server/")}
-
-    def _slice(self, source: str) -> dict[str, Tensor]:
-        raise NotImplementedError
+    @property
+    def has_global_bank(self) -> bool:
+        """A global embedding over V exists at the end (and can be continued from)."""
+        return not self.local_banks_only
 
 
-class Glob(Policy):
-    """GLOB: one global bank, averaged with the body."""
-
-    def _slice(self, source):
-        return {c: t.clone() for c, t in self.bank.items()}
-
-    def aggregate(self, weights, outer, group=LOCAL):
-        names, total = list(self.pending), sum(weights.values())
-        for comp, param in self.bank.items():
-            mean = group.mean(param, [self.pending[s][comp] for s in names],
-                              [weights[s] for s in names], total)
-            outer.step(f"bank/{comp}", param, mean)
-        self.pending.clear()
+REGISTRY: dict[str, Variant] = {}
 
 
-class Trim(Policy):
-    """TRIM: a source receives and returns only the rows of its sub-vocabulary V_k."""
+def register(variant: Variant) -> Variant:
+    """Add a variant (its name must be new and usable as a file and DVC stage name)."""
+    import re
 
-    def _slice(self, source):
-        return {c: (t[self.rows[source]] if c in ROW_COMPONENTS else t).clone()
-                for c, t in self.bank.items()}
-
-    def aggregate(self, weights, outer, group=LOCAL):
-        names, total = list(self.pending), sum(weights.values())
-        w = [weights[s] for s in names]
-        for comp, param in self.bank.items():
-            deltas = [self.pending[s][comp] for s in names]
-            if comp in ROW_COMPONENTS:
-                mean, held = group.row_mean(param, deltas, [self.rows[s] for s in names], w)
-                outer.step(f"bank/{comp}", param, mean, rows=held)
-            else:
-                outer.step(f"bank/{comp}", param, group.mean(param, deltas, w, total))
-        self.pending.clear()
+    if variant.name in REGISTRY or variant.name == REFERENCE:
+        raise ValueError(f"variant '{variant.name}' is already registered")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", variant.name):
+        raise ValueError(f"variant name '{variant.name}': use lower-case letters, digits, _")
+    if variant.centralised and variant.local_banks_only:
+        raise ValueError(f"variant '{variant.name}': a centralised run has a global bank")
+    REGISTRY[variant.name] = variant
+    return variant
 
 
-class Spec(Policy):
-    """SPEC / SPEC-OPT: each source keeps its own bank; nothing of it is ever sent.
-
-    A source's bank is created (randomly, from a seed derived from the run seed and the
-    source name, so the result does not depend on when it is first sampled) the first time
-    the source is sampled, as Algorithm 1 does.
-    """
-
-    communicates = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.local: dict[str, dict[str, Tensor]] = {}
-
-    def download(self, rnd, source):
-        if source not in self.local:
-            gen = torch.Generator().manual_seed(derived_seed(self.seed, "spec-bank", source))
-            self.local[source] = init_bank(self.mcfg, self.vocab[source], gen)
-        return {c: t.clone() for c, t in self.local[source].items()}
-
-    def upload(self, rnd, source, new_bank):
-        self.pending[source] = {c: t.clone() for c, t in new_bank.items()}  # stays local
-
-    def aggregate(self, weights, outer, group=LOCAL):
-        self.local.update(self.pending)  # committed only once the whole round succeeded
-        self.pending.clear()
-
-    def eval_bank(self, source):
-        bank = self.local.get(source)
-        return None if bank is None else {c: t.clone() for c, t in bank.items()}
-
-    def state_dict(self):
-        return {f"local/{s}/{c}": t for s, bank in self.local.items() for c, t in bank.items()}
-
-    def load_state_dict(self, state):
-        self.local = {}
-        for key, t in state.items():
-            if key.startswith("local/"):
-                _, source, comp = key.split("/")
-                self.local.setdefault(source, {})[comp] = t.clone()
+def unregister(name: str) -> None:
+    """Remove a variant (tests register throwaway variants)."""
+    REGISTRY.pop(name, None)
 
 
-POLICIES = {"glob": Glob, "trim": Trim, "spec": Spec, "spec_opt": Spec}
+def get(name: str) -> Variant:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown variant '{name}' (known: {', '.join(REGISTRY)})") from None
+
+
+def names() -> tuple[str, ...]:
+    """Every registered variant, in registration order (the report's order after STD)."""
+    return tuple(REGISTRY)
+
+
+#: the untrained body, evaluated like a variant (the floor of every comparison); not trained
+REFERENCE = "random"
+#: the baseline every "% vs STD" figure is relative to
+BASELINE = "std"
+
+
+def report_order(present) -> list[str]:
+    """Report rows: centralised runs (the baseline first), DEPT variants in registration
+    order, unregistered names, the untrained reference last."""
+    known = sorted((v for v in REGISTRY.values() if v.name in present),
+                   key=lambda v: (v.name != BASELINE, not v.centralised))
+    rest = sorted(k for k in present if k not in REGISTRY and k != REFERENCE)
+    return [v.name for v in known] + rest + ([REFERENCE] if REFERENCE in present else [])
+
+
+# --- the paper's variants (§3, Algorithm 1) and its baseline (§4) ----------------------------
+register(Variant("glob", "GLOB: one global embedding over V, averaged with the body",
+                 tokenizer="global", policy="glob"))
+register(Variant("trim", "TRIM: a source sends and receives only the rows of its V_k",
+                 tokenizer="subvocab", policy="trim"))
+register(Variant("spec", "SPEC: per-source embeddings over V_k that never leave the source",
+                 tokenizer="subvocab", policy="spec", local_banks_only=True))
+register(Variant("spec_opt", "SPEC-OPT: SPEC with a tokenizer of the source's own",
+                 tokenizer="own", policy="spec", local_banks_only=True))
+register(Variant("std", "STD: centralised training on the mixture (the baseline)",
+                 tokenizer="global"))

@@ -1,3 +1,7 @@
-"""Prefect flows: one per pipeline stage plus the end-to-end flow; `dept` is their CLI."""
+"""Prefect flows: one per pipeline stage plus the end-to-end flow; `dept` is their CLI.
 
-from flows import _env  # noqa: F401  (must run before prefect is imported)
+Layering: flows -> tasks -> dept_core. Importing `tasks` first sets the process defaults
+(tasks/_env.py) before prefect is imported.
+"""
+
+import tasks  # noqa: F401

@@ -1,8 +1,18 @@
-"""What every flow does first: resolve the project root and load the configuration."""
+"""What every flow and its command line share: the project root and configuration, the stage
+arguments, and how a stage ends (bad input: one line `dept: error: ...`, exit status 2).
+
+Each `python -m flows.<stage>` parses its own arguments with these helpers (no detour
+through the `dept` CLI); `flows/cli.py` builds `dept <command>` from the same pieces.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 from dept_core.config import Config, load_config
 
@@ -14,3 +24,85 @@ def load(params: str | Path = "params.yaml", overrides: list[str] | None = None,
     if not params.is_absolute():
         params = root / params
     return load_config(params, overrides), root
+
+
+# ------------------------------------------------------------------------ stage arguments ----
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="parameters file (params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter, e.g. --set train.rounds=4 (repeatable)")
+
+
+def add_variant_arg(p: argparse.ArgumentParser, reference: bool = False) -> None:
+    """--variant: a registered variant (`dept_core.variants`); with `reference`, also the
+    untrained body."""
+    from dept_core import variants
+
+    choices = [*variants.names(), *([variants.REFERENCE] if reference else [])]
+    p.add_argument("--variant", required=True, choices=choices)
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("inprocess", "torchrun"),
+                   help="= --set train.backend=...: torchrun runs the rounds on ranks "
+                        "(torchrun --standalone --nproc_per_node N, Gloo/NCCL)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="= --set train.nproc_per_node=N (torchrun ranks on this node)")
+
+
+def backend_overrides(args: argparse.Namespace) -> None:
+    """`--backend` / `--nproc` are shorthands for `--set train.backend=...` etc."""
+    for key, flag in (("train.backend", "backend"), ("train.nproc_per_node", "nproc")):
+        if getattr(args, flag, None) is not None:
+            args.overrides.append(f"{key}={getattr(args, flag)}")
+
+
+def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=(doc or "").strip().splitlines()[0])
+    add_config_args(p)
+    return p
+
+
+# ---------------------------------------------------------------------- how a stage ends ----
+class _NoTracebackForUserErrors(logging.Filter):
+    """Bad input is reported in one line; Prefect's engine would add a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from dept_core.errors import DeptError
+
+        if record.exc_info and isinstance(record.exc_info[1], DeptError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_errors() -> None:
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # idempotent; the flow run would do it, then without our filter
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_NoTracebackForUserErrors())
+
+
+def run_stage(name: str, args: argparse.Namespace, call: Callable[[], object],
+              check: Callable[[Path], None] | None = None) -> int:
+    """Validate the config (before a Prefect server is started), run `check(root)` (a stage
+    that logs to MLflow passes `tasks.tracking.check_tracking_uri`: an unreachable server
+    fails before any work), run `call`; bad input ends with one error line and status 2."""
+    from dept_core.errors import DeptError
+
+    start = time.monotonic()
+    try:
+        load(args.params, args.overrides)
+        if check is not None:
+            check(Path.cwd())
+        quiet_user_errors()
+        call()
+    except DeptError as exc:
+        print(f"dept: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dept: interrupted", file=sys.stderr)
+        return 130
+    print(f"dept {name}: done in {time.monotonic() - start:.1f} s", file=sys.stderr)
+    return 0

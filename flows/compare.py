@@ -10,57 +10,13 @@ Prefect markdown artefact.
 
 from __future__ import annotations
 
-import json
-
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from dept_core import report
-from dept_core.atomic import atomic_dir, write_json, write_text
-from dept_core.errors import DataError
-from dept_core.evaluate import REFERENCE
-from dept_core.layout import RESULTS
-from flows.common import load
-from tasks.common import NO_CACHE
-from tasks.tracking import mlflow_run
-
-FILES = ("summary.md", "summary.json", "curves.csv", "bpb_per_round.csv", "comm_per_round.csv",
-         "plasticity.csv")
-
-
-@task(name="compare", **NO_CACHE)
-def compare_task(root, variants: list[str]) -> dict:
-    metrics = {}
-    for v in variants:
-        path = root / RESULTS / "pretrain" / v / "metrics.json"
-        if not path.is_file():
-            raise DataError(f"{path}: missing — run `dept train --variant {v}` first")
-        metrics[v] = json.loads(path.read_text())
-    evals = {}
-    for v in [*variants, REFERENCE]:
-        path = root / RESULTS / "evaluate" / v / "metrics.json"
-        if path.is_file():
-            evals[v] = json.loads(path.read_text())
-    summary = report.summarise(metrics, evals)
-    out = root / RESULTS / "compare"
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out / "plots") as tmp:
-        report.plot(metrics, tmp)
-        report.plot_evaluation(summary, tmp)
-    write_text(out / "curves.csv", report.curves_csv(metrics))
-    write_text(out / "bpb_per_round.csv", report.wide_csv(metrics, "val_bpb_mean"))
-    write_text(out / "comm_per_round.csv", report.wide_csv(metrics, "cumulative_comm_bytes"))
-    write_text(out / "plasticity.csv", report.plasticity_csv(summary))
-    write_text(out / "summary.md", report.markdown(summary))
-    write_json(out / "summary.json", summary)
-    return summary
-
-
-def log_to_mlflow(client, run_id: str, root) -> None:
-    out = root / RESULTS / "compare"
-    for name in FILES:
-        client.log_artifact(run_id, str(out / name), "compare")
-    client.log_artifacts(run_id, str(out / "plots"), "compare/plots")
+from dept_core import layout, report
+from flows.common import load, run_stage, stage_parser
+from tasks.compare import compare_task, log_comparison
+from tasks.tracking import check_tracking_uri, mlflow_run
 
 
 @flow(name="compare")
@@ -70,16 +26,28 @@ def compare_flow(params: str = "params.yaml", overrides: list[str] | None = None
     summary = compare_task(root_path, cfg.train.variants)
     if mlflow_run_id is None:
         with mlflow_run(root_path, cfg, "compare", {"stage": "compare"}) as (client, run_id):
-            log_to_mlflow(client, run_id, root_path)
+            log_comparison(client, run_id, root_path)
     table = report.markdown(summary)
     create_markdown_artifact(table, key="dept-comparison", description="DEPT variants")
     get_run_logger().info("comparison:\n%s", table)
     return summary
 
 
+def print_comparison(_: object = None) -> None:
+    """The comparison table on stdout, and where to look next."""
+    from pathlib import Path
+
+    print((layout.compare_dir(Path.cwd()) / "summary.md").read_text())
+    print("Open the MLflow UI to compare the runs:  dept ui   (or: make ui)  "
+          "then browse http://127.0.0.1:5000")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser("python -m flows.compare", __doc__).parse_args(argv)
+    return run_stage("compare", args, lambda: print_comparison(
+        compare_flow(params=args.params, overrides=args.overrides)),
+        check=check_tracking_uri)
+
+
 if __name__ == "__main__":
-    import sys
-
-    from flows.cli import main
-
-    main(["compare", *sys.argv[1:]])
+    raise SystemExit(main())

@@ -10,65 +10,14 @@ scores) — a child of the pipeline's run under `dept run`.
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import flow
 
-from dept_core.atomic import write_json
-from dept_core.evaluate import REFERENCE, run_protocol
-from dept_core.layout import RESULTS
-from dept_core.trainer import pick_device
-from flows.common import load
-from tasks.common import NO_CACHE
-from tasks.tracking import MlflowSink, mlflow_run
-
-
-def flat_metrics(result: dict) -> dict[str, float]:
-    """The evaluation as flat MLflow metric names (curves are logged with their steps)."""
-    out: dict[str, float] = {}
-    sections = {"test": result.get("as_trained"),
-                **{f"cpt_{k}": v for k, v in result.get("continued", {}).items()}}
-    for prefix, sec in sections.items():
-        if not sec:
-            continue
-        for dist, short in (("in_distribution", "id"), ("out_of_distribution", "ood")):
-            for src, m in sec[dist].items():
-                out[f"{prefix}_bpb/{src}"] = m["bpb"]
-                out[f"{prefix}_ppl/{src}"] = m["ppl"]
-            if sec[f"{dist}_bpb_mean"] is not None:
-                out[f"{prefix}_bpb_{short}_mean"] = sec[f"{dist}_bpb_mean"]
-    ds = result.get("downstream")
-    if ds:
-        out["downstream/accuracy"], out["downstream/macro_f1"] = ds["accuracy"], ds["macro_f1"]
-        for lang, acc in ds["accuracy_per_language"].items():
-            out[f"downstream/accuracy/{lang}"] = acc
-    return out
-
-
-@task(name="evaluate", task_run_name="evaluate-{variant}", **NO_CACHE)
-def evaluate_task(cfg, variant: str, root, parent_run_id: str | None = None) -> dict:
-    log = get_run_logger()
-    with mlflow_run(root, cfg, f"evaluate-{variant}", {"variant": variant, "stage": "evaluate"},
-                    parent_run_id) as (client, run_id):
-        result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
-        path = root / RESULTS / "evaluate" / variant / "metrics.json"
-        write_json(path, result)
-        sink = MlflowSink(client, run_id)
-        sink.log(flat_metrics(result), step=0)
-        for src, curve in result.get("plasticity", {}).get("curves", {}).items():
-            for point in curve:
-                sink.log({f"plasticity_bpb/{src}": point["bpb"]}, step=point["step"])
-        client.log_artifact(run_id, str(path))
-    cpt = result.get("continued", {}).get("fresh", {})
-    log.info("%s: test bits/byte as trained %s; after CPT (fresh embedding) in/out of "
-             "distribution %s / %s; downstream accuracy %s", variant,
-             _fmt(result.get("as_trained", {}).get("in_distribution_bpb_mean")),
-             _fmt(cpt.get("in_distribution_bpb_mean")),
-             _fmt(cpt.get("out_of_distribution_bpb_mean")),
-             _fmt(result.get("downstream", {}).get("accuracy")))
-    return result
-
-
-def _fmt(x) -> str:
-    return "—" if x is None else f"{x:.4f}"
+from dept_core import layout
+from dept_core.errors import DataError
+from dept_core.variants import REFERENCE
+from flows.common import add_variant_arg, load, run_stage, stage_parser
+from tasks.evaluate import evaluate_task
+from tasks.tracking import check_tracking_uri
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{variant}")
@@ -76,17 +25,20 @@ def evaluate_flow(variant: str, params: str = "params.yaml",
                   overrides: list[str] | None = None, root: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)
     if variant != REFERENCE:
-        from dept_core.errors import DataError
-
-        models = root_path / RESULTS / "pretrain" / variant / "models"
+        models = layout.models_dir(root_path, variant)
         if not models.is_dir():
             raise DataError(f"{models}: missing — run `dept train --variant {variant}` first")
     return evaluate_task(cfg, variant, root_path)
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = stage_parser("python -m flows.evaluate", __doc__)
+    add_variant_arg(p, reference=True)
+    args = p.parse_args(argv)
+    return run_stage("evaluate", args,
+                     lambda: evaluate_flow(args.variant, args.params, args.overrides),
+                     check=check_tracking_uri)
+
+
 if __name__ == "__main__":
-    import sys
-
-    from flows.cli import main
-
-    main(["evaluate", *sys.argv[1:]])
+    raise SystemExit(main())

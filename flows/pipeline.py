@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import load
-from dept_core.evaluate import REFERENCE
-from flows.compare import compare_flow, log_to_mlflow
-from flows.evaluate import evaluate_task
+from dept_core.variants import REFERENCE
+from flows.common import load, run_stage, stage_parser
+from flows.compare import compare_flow, print_comparison
 from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
-from tasks.tracking import mlflow_run
+from tasks.compare import log_comparison
+from tasks.evaluate import evaluate_task
+from tasks.tracking import check_tracking_uri, mlflow_run
 from tasks.train import pretrain_task
 
 
@@ -36,7 +37,7 @@ def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = Non
         if cfg.evaluate.reference:  # the untrained body: the floor of every comparison
             evaluate_task(cfg, REFERENCE, root_path, parent_id)
         compare_flow(params, overrides, str(root_path), mlflow_run_id=parent_id)
-        log_to_mlflow(client, parent_id, root_path)
+        log_comparison(client, parent_id, root_path)
     get_run_logger().info("done: %s", ", ".join(results))
     return results
 
@@ -56,9 +57,12 @@ def serve(name: str, cron: str, params: str = "params.yaml",
     )
 
 
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser("python -m flows.pipeline", __doc__).parse_args(argv)
+    return run_stage("run", args, lambda: print_comparison(
+        dept_pipeline(params=args.params, overrides=args.overrides)),
+        check=check_tracking_uri)
+
+
 if __name__ == "__main__":
-    import sys
-
-    from flows.cli import main
-
-    main(["run", *sys.argv[1:]])
+    raise SystemExit(main())

@@ -8,8 +8,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from dept_core.layout import PREPARED
-from flows.common import load
+from dept_core import layout
+from flows.common import load, run_stage, stage_parser
 from tasks.data import read_source_task, write_prepared_task
 
 
@@ -19,12 +19,14 @@ def prepare_flow(params: str = "params.yaml", overrides: list[str] | None = None
     cfg, root_path = load(params, overrides, root)
     futures = {s.name: read_source_task.submit(s, cfg, root_path) for s in cfg.data.sources}
     prepared = {name: fut.result() for name, fut in futures.items()}  # all read before writing
-    return write_prepared_task(prepared, root_path / PREPARED, cfg.data.heldout_sources)
+    return write_prepared_task(prepared, layout.prepared(root_path),
+                               cfg.data.heldout_sources)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser("python -m flows.prepare", __doc__).parse_args(argv)
+    return run_stage("prepare", args, lambda: prepare_flow(args.params, args.overrides))
 
 
 if __name__ == "__main__":
-    import sys
-
-    from flows.cli import main
-
-    main(["prepare", *sys.argv[1:]])
+    raise SystemExit(main())

@@ -16,8 +16,10 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.common import load
+from flows.common import (add_backend_args, add_variant_arg, backend_overrides, load,
+                          run_stage, stage_parser)
 from tasks.train import pretrain_task
+from tasks.tracking import check_tracking_uri
 
 
 @flow(name="pretrain", flow_run_name="pretrain-{variant}")
@@ -30,9 +32,16 @@ def pretrain_flow(variant: str, params: str = "params.yaml",
     return pretrain_task(cfg, variant, root_path, torchrun_args=torchrun_args)
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = stage_parser("python -m flows.pretrain", __doc__)
+    add_variant_arg(p)
+    add_backend_args(p)
+    args = p.parse_args(argv)
+    backend_overrides(args)
+    return run_stage("train", args,
+                     lambda: pretrain_flow(args.variant, args.params, args.overrides),
+                     check=check_tracking_uri)
+
+
 if __name__ == "__main__":
-    import sys
-
-    from flows.cli import main
-
-    main(["train", *sys.argv[1:]])
+    raise SystemExit(main())

@@ -14,8 +14,8 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from dept_core import tokenizers as tk
-from dept_core.layout import PREPARED, TOKENIZERS, tokenizer_stats
-from flows.common import load
+from dept_core import layout
+from flows.common import load, run_stage, stage_parser
 from tasks.tokenizers import read_splits_task, train_tokenizer_task, write_tokenizers_task
 
 
@@ -24,20 +24,21 @@ def tokenizers_flow(params: str = "params.yaml", overrides: list[str] | None = N
                     root: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)
     names = [s.name for s in cfg.data.sources]
-    train = read_splits_task(root_path / PREPARED, names, "train")
-    val = read_splits_task(root_path / PREPARED, names, "val")
+    train = read_splits_task(layout.prepared(root_path), names, "train")
+    val = read_splits_task(layout.prepared(root_path), names, "val")
     global_spec, per_source = tk.plan(cfg, train)
     global_fut = train_tokenizer_task.submit(global_spec)
     own_futs = {name: train_tokenizer_task.submit(spec) for name, spec in per_source.items()}
     return write_tokenizers_task(
         cfg, train, val, global_fut.result(), {n: f.result() for n, f in own_futs.items()},
-        root_path / TOKENIZERS, tokenizer_stats(root_path),
+        layout.tokenizers(root_path), layout.tokenizer_stats(root_path),
     )
 
 
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser("python -m flows.tokenizers", __doc__).parse_args(argv)
+    return run_stage("tokenizers", args, lambda: tokenizers_flow(args.params, args.overrides))
+
+
 if __name__ == "__main__":
-    import sys
-
-    from flows.cli import main
-
-    main(["tokenizers", *sys.argv[1:]])
+    raise SystemExit(main())

@@ -1,3 +1,3 @@
-"""Prefect tasks: thin, typed adapters over dept_core, one concern each."""
+"""Prefect tasks: thin, typed adapters over dept_core, one concern each; MLflow lives here."""
 
-from flows import _env  # noqa: F401  (must run before prefect is imported)
+from tasks import _env  # noqa: F401  (process defaults, before prefect/mlflow are imported)

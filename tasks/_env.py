@@ -1,5 +1,7 @@
 """Process-wide defaults, set before prefect/mlflow are imported (see README "Hygiene").
 
+Imported by `tasks/__init__.py`, so by every task and flow module and the CLI.
+
 Every value is only a default: a variable already set in the environment wins.
 """
 

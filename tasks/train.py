@@ -13,25 +13,13 @@ from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 from tqdm.auto import tqdm
 
-from dept_core.atomic import atomic_dir, write_json
+from dept_core import layout, variants
 from dept_core.config import Config
 from dept_core.errors import DeptError
-from dept_core.layout import CHECKPOINTS, PREPARED, RESULTS, TOKENIZERS, tokenizer_stats
-from dept_core.run import export_all, run_key, train_variant
+from dept_core.run import round_line, run_key, train_variant, write_outputs
 from dept_core.trainer import MetricsSink
 from tasks.common import NO_CACHE
 from tasks.tracking import MlflowSink, mlflow_run
-
-
-def round_line(record: dict, rounds: int) -> str:
-    losses = " ".join(f"{k}={v:.3f}" for k, v in record["train_loss"].items())
-    line = (f"round {record['round']}/{rounds} | sources {','.join(record['sources'])} | "
-            f"train loss {losses} | {record['tokens_per_s']:.0f} tok/s | "
-            f"comm {(record['comm']['down'] + record['comm']['up']) / 1e6:.2f} MB")
-    if record.get("val"):
-        mean = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
-        line += f" | val bits/byte {mean:.3f}"
-    return line
 
 
 @task(name="pretrain", task_run_name="pretrain-{variant}", **NO_CACHE)
@@ -45,14 +33,13 @@ def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | No
     tags = {"variant": variant, "prefect_flow_run_id": str(flow_run.get_id() or "")}
     with mlflow_run(root, cfg, f"pretrain-{variant}", tags, parent_run_id) as (client, run_id):
         sink = MlflowSink(client, run_id)
-        if cfg.train.backend == "torchrun" and variant != "std":
+        if cfg.train.backend == "torchrun" and not variants.get(variant).centralised:
             metrics = _pretrain_torchrun(cfg, variant, root, sink, torchrun_args)
-        else:  # std, the centralised baseline, always runs in-process
+        else:  # a centralised run (STD) always runs in-process
             metrics = _pretrain(cfg, variant, root, sink)
-        client.log_artifact(run_id, str(root / RESULTS / "pretrain" / variant / "metrics.json"))
-        client.log_artifact(run_id, str(tokenizer_stats(root)))
-        client.log_artifacts(run_id, str(root / RESULTS / "pretrain" / variant / "models"),
-                             "models")
+        client.log_artifact(run_id, str(layout.pretrain_metrics(root, variant)))
+        client.log_artifact(run_id, str(layout.tokenizer_stats(root)))
+        client.log_artifacts(run_id, str(layout.models_dir(root, variant)), "models")
         summary = {"final/val_bpb_mean": metrics["final"]["val_bpb_mean"] or float("nan"),
                    "final/comm_bytes_total": metrics["comm"]["bytes_down_total"]
                    + metrics["comm"]["bytes_up_total"],
@@ -64,8 +51,8 @@ def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | No
 
 def _pretrain(cfg: Config, variant: str, root: Path, sink: MetricsSink) -> dict:
     log = get_run_logger()
-    prepared, tok_root = root / PREPARED, root / TOKENIZERS
-    ckpt_dir = root / CHECKPOINTS / f"{variant}-{run_key(cfg, variant, prepared, tok_root)}"
+    prepared, tok_root = layout.prepared(root), layout.tokenizers(root)
+    ckpt_dir = layout.checkpoint_dir(root, variant, run_key(cfg, variant, prepared, tok_root))
     if (ckpt_dir / "latest.json").is_file():
         log.info("resuming %s from %s", variant, ckpt_dir)
     # A terminal progress bar over the rounds (only on a terminal; logs carry the same).
@@ -78,14 +65,11 @@ def _pretrain(cfg: Config, variant: str, root: Path, sink: MetricsSink) -> dict:
         bar.set_postfix(tok_s=f"{record['tokens_per_s']:.0f}")
 
     try:
-        result, data = train_variant(cfg, variant, prepared, tok_root, ckpt_dir, sink,
-                                     on_round=on_round)
+        result, _ = train_variant(cfg, variant, prepared, tok_root, ckpt_dir, sink,
+                                  on_round=on_round)
     finally:
         bar.close()
-    out = root / RESULTS / "pretrain" / variant
-    with atomic_dir(out / "models") as tmp:
-        export_all(cfg, result, data, tok_root, tmp)
-    write_json(out / "metrics.json", result.metrics)
+    write_outputs(cfg, result, tok_root, layout.pretrain_dir(root, variant))
     log.info("%s: mean val bits/byte %.4f, %.2f MB communicated", variant,
              result.metrics["final"]["val_bpb_mean"] or float("nan"),
              (result.metrics["comm"]["bytes_down_total"]
@@ -124,7 +108,7 @@ def _pretrain_torchrun(cfg: Config, variant: str, root: Path, sink: MetricsSink,
                 raise DeptError(user[-1].removeprefix("dept: error: "))
             raise RuntimeError(f"torchrun exited with status {proc.returncode}:\n"
                                + "\n".join(tail))
-    metrics = json.loads((root / RESULTS / "pretrain" / variant / "metrics.json").read_text())
+    metrics = json.loads(layout.pretrain_metrics(root, variant).read_text())
     log.info("%s: mean val bits/byte %.4f on %d ranks", variant,
              metrics["final"]["val_bpb_mean"] or float("nan"), metrics["world_size"])
     return metrics

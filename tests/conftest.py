@@ -96,13 +96,13 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def trained(tokenized_root, tiny_cfg):
     """Every variant trained once on the tiny preset: {variant: (RunResult, data)}."""
-    from dept_core.config import VARIANTS
+    from dept_core.variants import names
     from dept_core.layout import CHECKPOINTS, PREPARED, TOKENIZERS
     from dept_core.run import train_variant
 
     return {v: train_variant(tiny_cfg, v, tokenized_root / PREPARED, tokenized_root / TOKENIZERS,
                              tokenized_root / CHECKPOINTS / v)
-            for v in VARIANTS}
+            for v in names()}
 
 
 # ------------------------------------------------- the `dept` CLI as a subprocess (issue 7) ----

@@ -135,7 +135,7 @@ CASES = {
     "seq_len_above_model": (_edit("train", "seq_len", 4096), ["train", "--variant", "spec"],
                             "train.seq_len: 4096 exceeds model.max_seq_len 64"),
     "unknown_variant_in_params": (_edit("train", "variants", ["glob", "fedavg"]), ["run"],
-                                  "train.variants.1: Input should be 'glob'"),
+                                  "train.variants: unknown variant 'fedavg' (known: glob, "),
     "vocab_override_unknown_source": (
         _edit("tokenizers", "per_source_vocab_overrides", {"xx": 500}), ["tokenizers"],
         "tokenizers.per_source_vocab_overrides: unknown source 'xx'"),

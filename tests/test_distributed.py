@@ -209,13 +209,16 @@ def test_torchrun_resumes_from_the_round_every_rank_finished(tokenized_root, tin
 
 
 # ------------------------------------------------------------- the GPU path, on a CPU ----
-def test_rank_device_selection():
-    assert accel.rank_device("auto", 3, cuda_available=True) == torch.device("cuda", 3)
-    assert accel.rank_device("cuda", 1, cuda_available=True) == torch.device("cuda", 1)
-    assert accel.rank_device("auto", 3, cuda_available=False) == torch.device("cpu")
-    assert accel.rank_device("cpu", 3, cuda_available=True) == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
-        accel.rank_device("cuda", 0, cuda_available=False)
+def test_device_selection():
+    from dept_core.errors import ConfigError
+
+    assert accel.pick_device("auto", 3, cuda_available=True) == torch.device("cuda", 3)
+    assert accel.pick_device("cuda", 1, cuda_available=True) == torch.device("cuda", 1)
+    assert accel.pick_device("auto", None, cuda_available=True) == torch.device("cuda")
+    assert accel.pick_device("auto", 3, cuda_available=False) == torch.device("cpu")
+    assert accel.pick_device("cpu", 3, cuda_available=True) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device: 'cuda', but CUDA is not available"):
+        accel.pick_device("cuda", 0, cuda_available=False)
     assert accel.dist_backend(torch.device("cuda", 0)) == "nccl"
     assert accel.dist_backend(torch.device("cpu")) == "gloo"
 

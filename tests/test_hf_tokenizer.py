@@ -185,16 +185,6 @@ def test_long_document(models, corpus, mt):
         assert abs(len(a) - len(b)) <= 5 and differing <= max(10, len(b) // 5000), differing
 
 
-def test_export_replaces_existing_dir_atomically(models, tmp_path):
-    _, _, model, _ = models["unigram"]
-    out = tmp_path / "tok"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
-    export_hf_tokenizer(model, out)
-    assert not (out / "stale.txt").exists() and (out / "tokenizer.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no temp/backup dirs left
-
-
 def test_export_rejects_unsupported_model(models, tmp_path):
     from sentencepiece import sentencepiece_model_pb2 as pb2
 

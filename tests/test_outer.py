@@ -2,10 +2,10 @@
 
 import torch
 
-from dept_core.comm import CommLedger, table1_bytes_per_round
+from dept_core.comm import CommLedger
 from dept_core.config import ModelConfig
 from dept_core.outer import OuterOptimizer, masked_row_mean, weighted_mean
-from dept_core.variants import Spec, Trim
+from dept_core.policies import Spec, Trim, table1_bytes_per_round
 
 T = torch.tensor
 

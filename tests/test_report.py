@@ -16,7 +16,7 @@ def _m(val, comm, emb):
 def test_summary_compares_like_with_like_and_names_winners():
     metrics = {"std": _m({"a": 2.0, "b": 4.0}, 100, {"a": 8, "b": 8}),
                "spec": _m({"a": 1.0}, 10, {"a": 2})}          # b never sampled
-    s = report.summarise(metrics)
+    s = report.comparison(metrics)
     assert s["mean_over"] == ["a"]
     assert s["variants"]["std"]["val_bpb_mean"] == 2.0
     assert s["variants"]["spec"]["improvement_over_std_pct"] == 50.0   # (2 - 1) / 2
@@ -24,8 +24,8 @@ def test_summary_compares_like_with_like_and_names_winners():
     assert s["best_mean"] == "spec" and s["best_per_source"] == {"a": "spec", "b": "std"}
     md = report.markdown(s)
     assert "| spec | 1.0000 | +50.0 % | 1.000 | — | — | — |" in md
-    assert report.wide_csv(metrics, "val_bpb_mean").splitlines() == [
-        "round,std,spec", "1,3.000000,1.000000"]
+    assert report.long_csv(metrics, "val_bpb_mean").splitlines() == [
+        "round,variant,value", "1,std,3.000000", "1,spec,1.000000"]
 
 
 def _sec(ind, ood):
@@ -48,7 +48,7 @@ def test_evaluation_tables_verdict_and_plasticity_by_hand():
     evals = {"std": _ev({"a": 2.0}, {"es": 4.0}, [(0, 8.0), (10, 4.0)], 0.5, 0.4),
              "spec": _ev({"a": 1.5}, {"es": 5.0}, [(0, 8.0), (10, 2.0)], 0.6, 0.5),
              "random": _ev({"a": 3.0}, {"es": 6.0}, [(0, 8.0), (10, 6.0)], 0.3, 0.2)}
-    s = report.summarise(metrics, evals)
+    s = report.comparison(metrics, evals)
     t = s["evaluation"]["tables"]["cpt_fresh"]
     assert t["spec"]["id_bpb_mean_vs_std_pct"] == 25.0        # (2 - 1.5) / 2
     assert t["spec"]["ood_bpb_mean_vs_std_pct"] == -25.0      # (4 - 5) / 4
@@ -65,7 +65,8 @@ def test_evaluation_tables_verdict_and_plasticity_by_hand():
     assert "most plastic body is **spec** (5.000); the untrained body scores 7.000" in verdict
     assert "best is **spec** (accuracy 0.600" in verdict and "2 of 2 pre-trained" in verdict
     assert report.plasticity_csv(s).splitlines() == [
-        "step,std,spec,random", "0,8.000000,8.000000,8.000000", "10,4.000000,2.000000,6.000000"]
+        "step,variant,value", "0,std,8.000000", "10,std,4.000000", "0,spec,8.000000",
+        "10,spec,2.000000", "0,random,8.000000", "10,random,6.000000"]
     md = report.markdown(s)
     assert "| spec | CPT, fresh global embedding | 1.500 | **1.500** | +25.0 |" in md
     assert "| unigram | yardstick" in md and "## Verdict" in md

@@ -60,7 +60,7 @@ def test_ledger_agrees_with_parameter_counts_of_exported_models(trained, tokeniz
         result, data = trained[variant]
         m = result.metrics
         first = m["comm"]["per_round"][0]
-        for d in export_all(tiny_cfg, result, data, tokenized_root / TOKENIZERS,
+        for d in export_all(tiny_cfg, result, tokenized_root / TOKENIZERS,
                             tmp_path / variant):
             n = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True
                                                      ).num_parameters()
@@ -84,7 +84,7 @@ def test_exported_model_reproduces_the_reported_validation_loss(trained, tokeniz
     from transformers import AutoModelForCausalLM
 
     result, data = trained["trim"]
-    out = export_all(tiny_cfg, result, data, tokenized_root / TOKENIZERS, tmp_path)
+    out = export_all(tiny_cfg, result, tokenized_root / TOKENIZERS, tmp_path)
     src = out[0].name
     model = AutoModelForCausalLM.from_pretrained(str(out[0]), local_files_only=True)
     got = evaluate_windows(model, data[src].val, data[src].val_bytes, torch.device("cpu"))
@@ -165,7 +165,7 @@ def test_pipeline_bits_per_byte_equals_plain_transformers(trained, tokenized_roo
     from dept_core.evaluate import evaluate_model_dir
 
     result, data = trained["spec"]
-    model_dir = export_all(tiny_cfg, result, data, tokenized_root / TOKENIZERS, tmp_path)[0]
+    model_dir = export_all(tiny_cfg, result, tokenized_root / TOKENIZERS, tmp_path)[0]
     src = model_dir.name
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     text = read_split(tokenized_root / PREPARED, src, "test")[0]

@@ -1,0 +1,67 @@
+"""The evaluate task: the paper's evaluation of one variant (or of the untrained body)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from dept_core import layout
+from dept_core.accel import pick_device
+from dept_core.atomic import write_json
+from dept_core.config import Config
+from dept_core.evaluate import run_protocol
+from tasks.common import NO_CACHE
+from tasks.tracking import MlflowSink, mlflow_run
+
+
+def evaluation_metrics(result: dict) -> dict[str, float]:
+    """The evaluation as flat MLflow metric names (curves are logged with their steps)."""
+    out: dict[str, float] = {}
+    sections = {"test": result.get("as_trained"),
+                **{f"cpt_{k}": v for k, v in result.get("continued", {}).items()}}
+    for prefix, sec in sections.items():
+        if not sec:
+            continue
+        for dist, short in (("in_distribution", "id"), ("out_of_distribution", "ood")):
+            for src, m in sec[dist].items():
+                out[f"{prefix}_bpb/{src}"] = m["bpb"]
+                out[f"{prefix}_ppl/{src}"] = m["ppl"]
+            if sec[f"{dist}_bpb_mean"] is not None:
+                out[f"{prefix}_bpb_{short}_mean"] = sec[f"{dist}_bpb_mean"]
+    ds = result.get("downstream")
+    if ds:
+        out["downstream/accuracy"], out["downstream/macro_f1"] = ds["accuracy"], ds["macro_f1"]
+        for lang, acc in ds["accuracy_per_language"].items():
+            out[f"downstream/accuracy/{lang}"] = acc
+    return out
+
+
+@task(name="evaluate", task_run_name="evaluate-{variant}", **NO_CACHE)
+def evaluate_task(cfg: Config, variant: str, root: Path,
+                  parent_run_id: str | None = None) -> dict:
+    """Evaluate `variant` as an MLflow run; write results/evaluate/<variant>/metrics.json."""
+    log = get_run_logger()
+    with mlflow_run(root, cfg, f"evaluate-{variant}", {"variant": variant, "stage": "evaluate"},
+                    parent_run_id) as (client, run_id):
+        result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
+        path = layout.evaluate_metrics(root, variant)
+        write_json(path, result)
+        sink = MlflowSink(client, run_id)
+        sink.log(evaluation_metrics(result), step=0)
+        for src, curve in result.get("plasticity", {}).get("curves", {}).items():
+            for point in curve:
+                sink.log({f"plasticity_bpb/{src}": point["bpb"]}, step=point["step"])
+        client.log_artifact(run_id, str(path))
+    cpt = result.get("continued", {}).get("fresh", {})
+    log.info("%s: test bits/byte as trained %s; after CPT (fresh embedding) in/out of "
+             "distribution %s / %s; downstream accuracy %s", variant,
+             _fmt(result.get("as_trained", {}).get("in_distribution_bpb_mean")),
+             _fmt(cpt.get("in_distribution_bpb_mean")),
+             _fmt(cpt.get("out_of_distribution_bpb_mean")),
+             _fmt(result.get("downstream", {}).get("accuracy")))
+    return result
+
+
+def _fmt(x) -> str:
+    return "—" if x is None else f"{x:.4f}"
