@@ -49,7 +49,7 @@ def params(args) -> dict:
         "model": {"size": args.size, "max_seq_len": 128},
         "train": {"rounds": args.rounds, "local_steps": args.local_steps,
                   "sources_per_round": 2, "batch_size": 16, "seq_len": 128,
-                  "warmup_steps": 5, "eval_tokens": 4096, "device": "cpu"},
+                  "warmup_steps": 5, "device": "cpu"},
     }
 
 

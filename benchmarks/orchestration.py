@@ -28,22 +28,27 @@ import sys, time
 from pathlib import Path
 from dept_core.config import load_config
 from benchmarks.common import build_project
-from dept_core import report
+from dept_core import layout, report
 from dept_core.run import train_variant, write_outputs
 from dept_core.evaluate import run_protocol
 import torch
-root = Path.cwd(); cfg = load_config("params.yaml")
+root = Path.cwd(); base = load_config("params.yaml")
 t = time.perf_counter()
-build_project(cfg.model_dump(mode="json"), root)
+build_project(base.model_dump(mode="json"), root)
 metrics, evals = {}, {}
-for v in cfg.train.variants:
-    res, _ = train_variant(cfg, v, root / "data/prepared", root / "data/tokenizers", None)
-    write_outputs(cfg, res, root / "data/tokenizers", root / "results/pretrain" / v)
-    metrics[v] = res.metrics
-    evals[v] = run_protocol(cfg, v, root, torch.device("cpu"), log=lambda _: None)
-if cfg.evaluate.reference:
-    evals["random"] = run_protocol(cfg, "random", root, torch.device("cpu"), log=lambda _: None)
-summary = report.comparison(metrics, evals)
+for seed in base.train.seeds:
+    cfg = base.with_train_seed(seed)
+    for v in cfg.train.variants:
+        res, _ = train_variant(cfg, v, root / "data/prepared", root / "data/tokenizers", None)
+        write_outputs(cfg, res, root / "data/tokenizers", layout.pretrain_dir(root, v, seed))
+        metrics.setdefault(v, {})[seed] = res.metrics
+        evals.setdefault(v, {})[seed] = run_protocol(cfg, v, root, torch.device("cpu"),
+                                                     log=lambda _: None)
+    if cfg.evaluate.reference:
+        evals.setdefault("random", {})[seed] = run_protocol(cfg, "random", root,
+                                                            torch.device("cpu"),
+                                                            log=lambda _: None)
+summary = report.comparison(metrics, evals, report.settings_of(base), base.evaluate.bootstrap)
 report.plot(metrics, root)
 report.plot_evaluation(summary, root)
 print(f"COMPUTE_SECONDS {time.perf_counter() - t:.3f}")

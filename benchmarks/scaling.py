@@ -65,13 +65,12 @@ def split_sources(tmp: Path, docs_per_half: int = 60) -> list[dict]:
 def params(sources: list[dict]) -> dict:
     n = len(sources)
     return {"seed": 0, "data": {"sources": sources},
-            "prepare": {"min_doc_chars": 100, "val_fraction": 0.1, "test_fraction": 0.1},
+            "prepare": {"min_doc_chars": 100, "val_bytes": 4000, "test_bytes": 4000},
             "tokenizers": {"global_vocab_size": 2000, "per_source_vocab_size": 1500,
                            "sample_bytes_per_source": 30000, "character_coverage": 0.98},
             "model": {"size": "tiny", "max_seq_len": 64},
             "train": {"rounds": 2, "sources_per_round": n, "local_steps": 3, "batch_size": 8,
-                      "seq_len": 64, "warmup_steps": 1, "eval_every": 100,
-                      "eval_tokens": 1024}}
+                      "seq_len": 64, "warmup_steps": 1, "eval_every": 100}}
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -107,14 +108,41 @@ def eval_windows(stream: Tensor, seq_len: int) -> Tensor:
     return out
 
 
-def cap_docs(texts: Sequence[str], docs: Sequence[Sequence[int]], max_tokens: int
-             ) -> tuple[list[Sequence[int]], int]:
-    """Leading documents up to `max_tokens` (at least one) and their UTF-8 byte count."""
-    kept, n_bytes, n_tok = [], 0, 0
-    for text, ids in zip(texts, docs):
-        if kept and n_tok + len(ids) > max_tokens:
-            break
-        kept.append(ids)
-        n_tok += len(ids) + 1
-        n_bytes += len(text.encode("utf-8"))
-    return kept, n_bytes
+@dataclass
+class EvalSet:
+    """A split as evaluation windows, with every predicted token's document.
+
+    The stream `[eos] d1 [eos] d2 [eos] ...` is cut into non-overlapping windows; a document
+    owns its tokens and the `eos` that ends it (so its loss sums to what predicting it costs),
+    and `doc_of` holds, for each target position of each window, its document (-1: padding).
+    Per-document losses make every comparison pairable: variants are scored on exactly the
+    same documents, whatever their tokenizers, and intervals resample documents.
+    """
+
+    windows: Tensor         # (n_windows, seq_len + 1) token ids
+    doc_of: Tensor          # (n_windows, seq_len) document index of each target, -1 = none
+    doc_bytes: list[int]    # UTF-8 bytes of each document
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(self.doc_bytes)
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_bytes)
+
+
+def eval_set(docs: Sequence[Sequence[int]], texts: Sequence[str], seq_len: int,
+             eos: int = EOS_ID) -> EvalSet:
+    stream = token_stream(docs, eos)
+    owner = torch.full((len(stream),), -1, dtype=torch.long)
+    pos = 1
+    for i, ids in enumerate(docs):
+        owner[pos:pos + len(ids) + 1] = i   # the document's tokens and its closing eos
+        pos += len(ids) + 1
+    windows = eval_windows(stream, seq_len)
+    doc_of = torch.full((len(windows), seq_len), -1, dtype=torch.long)
+    for i in range(len(windows)):
+        chunk = owner[i * seq_len + 1: i * seq_len + seq_len + 1]
+        doc_of[i, : len(chunk)] = chunk
+    return EvalSet(windows, doc_of, [len(t.encode("utf-8")) for t in texts])

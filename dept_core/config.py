@@ -91,10 +91,19 @@ class DataConfig(Section):
 
 
 class PrepareConfig(Section):
-    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents for val")
-    test_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents for test")
+    """How each source is split. Validation and test sizes are absolute (UTF-8 bytes of whole
+    documents per source), so every source is measured on a sample of the same size whatever
+    its length or the cap, and every variant on exactly the same documents."""
+
+    val_bytes: int = Field(20_000, gt=0, description="validation text per source (whole "
+                           "documents, at least one)")
+    test_bytes: int = Field(60_000, gt=0, description="test text per source (whole "
+                            "documents, at least one); never seen in training or tuning")
+    min_train_bytes: int = Field(10_000, gt=0, description="a source with less training text "
+                                 "left after val and test is an error")
     min_doc_chars: int = Field(50, ge=1, description="shorter documents are dropped")
-    max_bytes_per_source: int | None = Field(None, gt=0, description="cap, in UTF-8 bytes")
+    max_bytes_per_source: int | None = Field(None, gt=0, description="read at most this much "
+                                             "text of a source (UTF-8 bytes; all splits)")
 
 
 class TokenizersConfig(Section):
@@ -156,13 +165,19 @@ def _known_variants(names: list[str], need_global_bank: bool = False) -> list[st
 
 class OuterConfig(Section):
     optimizer: Literal["avg", "nesterov"] = Field(
-        "avg", description="avg: FedAvg (the paper); nesterov: DiLoCo's outer Nesterov"
+        "avg", description="avg: θ ← θ + lr·mean Δ (lr 1 = FedAvg, the paper); nesterov: "
+        "DiLoCo's outer Nesterov momentum on the pseudo-gradient −mean Δ"
     )
-    lr: float = Field(0.7, gt=0, description="outer learning rate (nesterov only)")
+    lr: float | None = Field(None, gt=0, description="server learning rate (default: 1.0 for "
+                             "avg, 0.7 for nesterov as in DiLoCo)")
     momentum: float = Field(0.9, ge=0, lt=1, description="outer momentum (nesterov only)")
     weighting: Literal["uniform", "tokens"] = Field(
         "uniform", description="average uniformly or by each source's train tokens"
     )
+
+    @property
+    def server_lr(self) -> float:
+        return self.lr if self.lr is not None else (1.0 if self.optimizer == "avg" else 0.7)
 
 
 class TrainConfig(Section):
@@ -170,10 +185,19 @@ class TrainConfig(Section):
         default_factory=lambda: list(variants.names()), min_length=1,
         description="variants to train and compare (default: every registered variant)"
     )
+    seed: int = Field(0, ge=0, description="training seed of a run: initialisation, batches, "
+                      "source schedule (the top-level seed is the data seed)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="training seeds the pipeline repeats every variant's "
+                             "pre-training and evaluation with (same data and tokenizers)")
     rounds: int = Field(8, gt=0, description="T, outer rounds")
     sources_per_round: int | None = Field(
-        None, gt=0, description="|S_t|, sources sampled per round (default: all)"
+        None, gt=0, description="|S_t|, sources trained per round (default: all)"
     )
+    schedule: Literal["balanced", "random"] = Field(
+        "balanced", description="balanced: every source takes part in the same number of rounds "
+        "(a seeded schedule; needs rounds × sources_per_round divisible by the sources); "
+        "random: S_t sampled uniformly without replacement each round (the paper)")
     local_steps: int = Field(20, gt=0, description="N_local inner steps per round")
     batch_size: int = Field(8, gt=0, description="sequences per inner step per source")
     seq_len: int = Field(128, gt=1)
@@ -186,10 +210,14 @@ class TrainConfig(Section):
     inner_state: Literal["reset", "keep"] = Field(
         "reset", description="inner AdamW state: reset every round or kept per source"
     )
+    round_warmup_steps: int = Field(
+        0, ge=0, description="reset: the rate ramps up linearly over a round's first steps, "
+        "so a fresh AdamW does not start at the peak rate")
     outer: OuterConfig = OuterConfig()
-    std_temperature: float = Field(0.3, ge=0, le=1, description="STD source sampling tau")
+    std_temperature: float = Field(
+        0.0, ge=0, le=1, description="STD samples source k with p ∝ n_k^τ: 0 = uniform (the "
+        "same tokens per source as DEPT's balanced schedule); the paper uses 0.3")
     eval_every: int = Field(1, gt=0, description="validate every this many rounds")
-    eval_tokens: int = Field(8192, gt=0, description="validation tokens per source")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_keep: int = Field(2, gt=0, description="finished-round checkpoints kept")
     backend: Literal["inprocess", "torchrun"] = Field(
@@ -209,6 +237,13 @@ class TrainConfig(Section):
             raise ValueError(f"a variant is listed twice: {names}")
         return _known_variants(names)
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError(f"expected distinct seeds >= 0, got {seeds}")
+        return seeds
+
 
 # ------------------------------------------------------------------------------- evaluate ----
 class DownstreamConfig(Section):
@@ -225,10 +260,13 @@ class DownstreamConfig(Section):
 
 
 class EvaluateConfig(Section):
-    test_tokens: int = Field(65536, gt=0, description="test tokens per source (whole docs)")
     cpt_fraction: float = Field(
         0.17, ge=0, le=1, description="continued pre-training steps, share of pre-training "
         "steps (the paper: 15-19 %); 0 skips it")
+    cpt_min_steps: int = Field(
+        0, ge=0, description="at least this many CPT steps (when CPT runs): long enough for a "
+        "fresh embedding to be learned at small budgets")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for every interval")
     cpt_from_pretrained: list[str] = Field(
         default_factory=lambda: ["glob", "trim", "std"],
         description="variants also continued from their pre-trained global embeddings")
@@ -256,6 +294,10 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
+    def with_train_seed(self, seed: int) -> "Config":
+        """The configuration of one run of training seed `seed` (one of train.seeds)."""
+        return self.model_copy(update={"train": self.train.model_copy(update={"seed": seed})})
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         names = {s.name for s in self.data.sources}
@@ -265,6 +307,15 @@ class Config(Section):
         if self.train.sources_per_round > n_train:
             raise ValueError(f"train.sources_per_round: {self.train.sources_per_round} is more "
                              f"than the {n_train} training sources")
+        t, n = self.train, n_train
+        if t.schedule == "balanced" and (t.rounds * t.sources_per_round) % n:
+            ok = [r for r in range(max(1, t.rounds - n), t.rounds + n + 1)
+                  if (r * t.sources_per_round) % n == 0]
+            raise ValueError(
+                f"train.schedule: balanced needs train.rounds × train.sources_per_round "
+                f"({t.rounds} × {t.sources_per_round}) divisible by the {n} training sources, "
+                f"so that every source trains in the same number of rounds; e.g. train.rounds "
+                f"in {ok[:4]}, or train.schedule: random")
         if self.train.seq_len > self.model.max_seq_len:
             raise ValueError(f"train.seq_len: {self.train.seq_len} exceeds "
                              f"model.max_seq_len {self.model.max_seq_len}")

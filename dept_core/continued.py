@@ -30,29 +30,34 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dept_core.batches import BatchSampler, MixtureSampler, derived_seed, eval_windows
+from dept_core.batches import BatchSampler, EvalSet, MixtureSampler, derived_seed
 from dept_core.config import Config
 from dept_core.metrics import mean
 from dept_core.model import build_model, init_bank, load_body, lr_at, set_bank
-from dept_core.sourcedata import SourceData, encode_split, load_sources
-from dept_core.trainer import evaluate_windows, local_train, make_optimizer
+from dept_core.sourcedata import SourceData, load_sources, split_eval_set
+from dept_core.trainer import evaluate_set, local_train, make_optimizer
 
 Body = dict[str, Tensor]
 Bank = dict[str, Tensor]
 
 
 def cpt_steps(cfg: Config) -> int:
-    return round(cfg.evaluate.cpt_fraction * cfg.train.rounds * cfg.train.local_steps)
+    """`cpt_fraction` of the pre-training steps, at least `cpt_min_steps` (0: no CPT)."""
+    ev = cfg.evaluate
+    if ev.cpt_fraction == 0:
+        return 0
+    return max(round(ev.cpt_fraction * cfg.train.rounds * cfg.train.local_steps),
+               ev.cpt_min_steps)
 
 
 def fresh_bank(cfg: Config, vocab_size: int) -> Bank:
-    """The same fresh embedding for every variant (seeded by the config's seed only)."""
-    gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "fresh-embedding"))
+    """The same fresh embedding for every variant (seeded by the training seed only)."""
+    gen = torch.Generator().manual_seed(derived_seed(cfg.train.seed, "fresh-embedding"))
     return init_bank(cfg.model, vocab_size, gen)
 
 
 def model_from(cfg: Config, body: Body, bank: Bank, device) -> torch.nn.Module:
-    model = build_model(cfg.model, bank["tok"].shape[0], cfg.seed)
+    model = build_model(cfg.model, bank["tok"].shape[0], cfg.train.seed)
     load_body(model, body)
     set_bank(model, bank)
     return model.to(device)
@@ -63,7 +68,7 @@ def mixture(cfg: Config, data: dict[str, SourceData], tag: str) -> MixtureSample
     generators of their own (`tag`), so CPT does not replay pre-training's batches."""
     t = cfg.train
     return MixtureSampler({k: s.train for k, s in data.items()}, t.seq_len,
-                          t.sources_per_round * t.batch_size, t.std_temperature, cfg.seed,
+                          t.sources_per_round * t.batch_size, t.std_temperature, t.seed,
                           f"{tag}-batches", f"{tag}-mixture")
 
 
@@ -99,17 +104,15 @@ def continued_pretraining(cfg: Config, body: Body, bank: Bank, data: dict[str, S
 
 
 def test_sets(cfg: Config, prepared: Path, tok_dir: Path, sources: list[str]
-              ) -> dict[str, tuple[Tensor, int]]:
-    """Test windows and their UTF-8 bytes per source (leading whole docs, capped)."""
-    out = {}
-    for name in sources:
-        stream, n_bytes = encode_split(tok_dir, prepared, name, "test", cfg.evaluate.test_tokens)
-        out[name] = (eval_windows(stream, cfg.train.seq_len), n_bytes)
-    return out
+              ) -> dict[str, EvalSet]:
+    """Each source's whole test split, read with the tokenizer in `tok_dir`."""
+    return {name: split_eval_set(tok_dir, prepared, name, "test", cfg.train.seq_len)
+            for name in sources}
 
 
-def evaluate_sets(model, sets: dict[str, tuple[Tensor, int]], device) -> dict[str, dict]:
-    return {k: evaluate_windows(model, w, b, device) for k, (w, b) in sets.items()}
+def evaluate_sets(model, sets: dict[str, EvalSet], device) -> dict[str, dict]:
+    """Per source: bits/byte etc. and the per-document losses (paired intervals)."""
+    return {k: evaluate_set(model, ev, device, per_doc=True) for k, ev in sets.items()}
 
 
 def with_means(in_dist: dict[str, dict], out_dist: dict[str, dict]) -> dict:
@@ -126,12 +129,11 @@ def plasticity(cfg: Config, body: Body, vocab_size: int, source: SourceData, dev
     ev = cfg.evaluate
     model = model_from(cfg, body, fresh_bank(cfg, vocab_size), device)
     sampler = BatchSampler(source.train, cfg.train.seq_len, cfg.train.batch_size,
-                           derived_seed(cfg.seed, "plasticity-batches", source.name))
-    curve = [{"step": 0, **evaluate_windows(model, source.val, source.val_bytes, device)}]
+                           derived_seed(cfg.train.seed, "plasticity-batches", source.name))
+    curve = [{"step": 0, **evaluate_set(model, source.val, device, per_doc=True)}]
 
     def on_chunk(step: int) -> None:
-        curve.append({"step": step,
-                      **evaluate_windows(model, source.val, source.val_bytes, device)})
+        curve.append({"step": step, **evaluate_set(model, source.val, device, per_doc=True)})
 
     train_steps(model, cfg, sampler, ev.plasticity_steps, cfg.train.lr, device,
                 ev.plasticity_eval_every, on_chunk)
@@ -141,5 +143,4 @@ def plasticity(cfg: Config, body: Body, vocab_size: int, source: SourceData, dev
 def global_data(cfg: Config, prepared: Path, tok_root: Path, sources: list[str]
                 ) -> dict[str, SourceData]:
     """Sources as the global tokenizer reads them (what CPT and plasticity train on)."""
-    return load_sources("global", sources, prepared, tok_root, cfg.train.seq_len,
-                        cfg.train.eval_tokens)
+    return load_sources("global", sources, prepared, tok_root, cfg.train.seq_len)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -59,36 +58,51 @@ def clean_documents(docs: Iterable[tuple[str, str]], min_chars: int) -> list[Doc
     return out
 
 
-def split_documents(
-    docs: list[Document], seed: int, val_fraction: float, test_fraction: float
-) -> dict[str, list[Document]]:
+def split_documents(docs: list[Document], seed: int, val_bytes: int,
+                    test_bytes: int) -> dict[str, list[Document]]:
     """Deterministic split by a seeded hash of each document's content.
 
-    Documents are ordered by sha256(seed, text); the first ceil(n*test) go to test, the next
-    ceil(n*val) to val, the rest to train — so each split is non-empty once n >= 3, and the
-    assignment does not depend on the order in which documents were read.
+    Documents are ordered by sha256(seed, text); test takes whole documents from the front
+    until it holds `test_bytes` of text (at least one), val the next `val_bytes`, train the
+    rest. The assignment does not depend on the order documents were read in, and the test
+    and validation samples have the same size for every source.
     """
     keyed = sorted(docs, key=lambda d: hashlib.sha256(f"{seed}\0{d.digest}".encode()).digest())
-    n_test = math.ceil(len(keyed) * test_fraction)
-    n_val = math.ceil(len(keyed) * val_fraction)
-    return {
-        "test": keyed[:n_test],
-        "val": keyed[n_test:n_test + n_val],
-        "train": keyed[n_test + n_val:],
-    }
+    n_test = _take_bytes(keyed, 0, test_bytes)
+    n_val = _take_bytes(keyed, n_test, val_bytes)
+    return {"test": keyed[:n_test], "val": keyed[n_test:n_val], "train": keyed[n_val:]}
+
+
+def _take_bytes(docs: list[Document], start: int, n_bytes: int) -> int:
+    """The end index of whole documents from `start` holding >= n_bytes (at least one)."""
+    total, i = 0, start
+    while i < len(docs) and (i == start or total < n_bytes):
+        total += len(docs[i].text.encode("utf-8"))
+        i += 1
+    return i
 
 
 def prepare_source(src, cfg: Config, root: Path) -> dict[str, list[Document]]:
     """Read, clean and split one source. Raises DataError naming the source on bad input."""
-    raw = read_source(src, root, max_bytes=cfg.prepare.max_bytes_per_source)
-    docs = clean_documents(raw, cfg.prepare.min_doc_chars)
+    p = cfg.prepare
+    raw = read_source(src, root, max_bytes=p.max_bytes_per_source)
+    docs = clean_documents(raw, p.min_doc_chars)
     if len(docs) < 3:
         raise DataError(
             f"source '{src.name}': {len(docs)} document(s) of at least "
-            f"{cfg.prepare.min_doc_chars} characters after cleaning; need at least 3 "
+            f"{p.min_doc_chars} characters after cleaning; need at least 3 "
             f"(one each for train, val and test)"
         )
-    return split_documents(docs, cfg.seed, cfg.prepare.val_fraction, cfg.prepare.test_fraction)
+    splits = split_documents(docs, cfg.seed, p.val_bytes, p.test_bytes)
+    train = sum(len(d.text.encode("utf-8")) for d in splits["train"])
+    if train < p.min_train_bytes:
+        have = sum(len(d.text.encode("utf-8")) for d in docs)
+        raise DataError(
+            f"source '{src.name}': {train} bytes of training text left after "
+            f"prepare.test_bytes ({p.test_bytes}) and prepare.val_bytes ({p.val_bytes}) of its "
+            f"{have} bytes (prepare.min_train_bytes: {p.min_train_bytes}); lower those, raise "
+            f"prepare.max_bytes_per_source or add text")
+    return splits
 
 
 def prepare(cfg: Config, root: Path) -> dict[str, dict[str, list[Document]]]:

@@ -166,7 +166,7 @@ def train_distributed(cfg: Config, variant: str, prepared: Path, tok_root: Path,
                         f"use train.backend=inprocess for it")
     t, names = cfg.train, cfg.data.train_sources
     mine = assign_sources(names, group.world_size, t.source_assignment)[group.rank]
-    data = load_sources(spec.tokenizer, mine, prepared, tok_root, t.seq_len, t.eval_tokens)
+    data = load_sources(spec.tokenizer, mine, prepared, tok_root, t.seq_len)
     infos = {k: v for part in group.gather({k: s.info() for k, s in data.items()})
              for k, v in part.items()}
     vocab = global_vocab_size(tok_root)
@@ -242,9 +242,9 @@ class EmitSink:
         print("DEPT_METRICS " + json.dumps({"step": step, "metrics": metrics}), flush=True)
 
 
-def print_round(rounds: int):
+def print_round(rounds: int, sources: list[str]):
     def on_round(record: dict) -> None:
-        print(round_line(record, rounds), flush=True)
+        print(round_line(record, rounds, sources), flush=True)
     return on_round
 
 
@@ -270,10 +270,10 @@ def _run(args, cfg: Config, root: Path, group: CollectiveExchange, device) -> in
         layout.checkpoint_dir(root, args.variant, run_key(cfg, args.variant, prepared, tok_root))
     result = train_distributed(cfg, args.variant, prepared, tok_root, ckpt, group, device,
                                EmitSink() if args.emit_metrics else None,
-                               print_round(cfg.train.rounds))
+                               print_round(cfg.train.rounds, cfg.data.train_sources))
     if result is None:
         return 0
-    out = Path(args.out) if args.out else layout.pretrain_dir(root, args.variant)
+    out = Path(args.out) if args.out else layout.pretrain_dir(root, args.variant, cfg.train.seed)
     write_outputs(cfg, result, tok_root, out, export=not args.no_export)
     if args.dump:
         from safetensors.torch import save_file

@@ -126,8 +126,8 @@ def finetune(cfg: Config, lm, sp, rows: list[Example], device) -> dict:
     test = [r for r in rows if r.split == "test"]
     batches = LabelledBatches(encode(sp, [r.text for r in train], dc.max_len),
                               torch.tensor([labels.index(r.label) for r in train]),
-                              dc.batch_size, cfg.seed)
-    clf = MeanPoolClassifier(lm, len(labels), cfg.seed).to(device).train()
+                              dc.batch_size, cfg.train.seed)
+    clf = MeanPoolClassifier(lm, len(labels), cfg.train.seed).to(device).train()
     opt = torch.optim.AdamW(clf.parameters(), lr=dc.lr, weight_decay=cfg.train.weight_decay,
                             betas=tuple(cfg.train.betas))
     warmup = max(1, dc.steps // 10)
@@ -145,6 +145,8 @@ def finetune(cfg: Config, lm, sp, rows: list[Example], device) -> dict:
         per_lang[lang] = accuracy([p for p, _ in pairs], [g for _, g in pairs])
     tail = losses[-max(1, len(losses) // 10):]
     return {"accuracy": accuracy(pred_labels, gold), "macro_f1": macro_f1(pred_labels, gold),
+            # per test example (file order, the same for every variant): paired intervals
+            "correct": [int(p == g) for p, g in zip(pred_labels, gold)],
             "accuracy_per_language": per_lang, "labels": labels, "n_train": len(train),
             "n_test": len(test), "steps": dc.steps,
             "final_train_loss": sum(tail) / len(tail) if tail else None,

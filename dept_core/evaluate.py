@@ -26,14 +26,15 @@ import torch
 from dept_core import REPO_ROOT, layout
 from dept_core import continued as cp
 from dept_core import tokenizers as tk
-from dept_core.batches import eval_windows
 from dept_core.config import Config
 from dept_core.downstream import finetune, load_task
 from dept_core.errors import DataError
 from dept_core.export import check_model_dir
 from dept_core.model import build_model, get_bank, get_body
-from dept_core.sourcedata import encode_split
-from dept_core.trainer import evaluate_windows
+from dept_core.data import read_split
+from dept_core.metrics import bits_per_byte
+from dept_core.sourcedata import split_eval_set
+from dept_core.trainer import evaluate_set
 from dept_core.variants import REFERENCE
 
 
@@ -45,26 +46,25 @@ def load_lm(model_dir: Path):
 
 
 def evaluate_model_dir(model_dir: Path, prepared: Path, source: str, split: str,
-                       seq_len: int, max_tokens: int | None = None) -> dict[str, float]:
-    """Loss, perplexity and bits/byte of an exported HF model directory on a split."""
-    check_model_dir(model_dir)  # a tokenizer that does not fit the model: one clear error
-    model = load_lm(model_dir)
-    stream, n_bytes = encode_split(Path(model_dir), prepared, source, split, max_tokens)
-    return evaluate_windows(model, eval_windows(stream, seq_len), n_bytes, torch.device("cpu"))
+                       seq_len: int) -> dict:
+    """Loss, perplexity and bits/byte (and per-document losses) of an exported HF model
+    directory on a whole split, read with the directory's own tokenizer."""
+    model = load_lm(model_dir)  # checks that the tokenizer fits the model first
+    ev = split_eval_set(Path(model_dir), prepared, source, split, seq_len)
+    return evaluate_set(model, ev, torch.device("cpu"), per_doc=True)
 
 
 def evaluate_variant(models_dir: Path, prepared: Path, train_sources: list[str],
-                     heldout: list[str], seq_len: int, max_tokens: int | None = None) -> dict:
+                     heldout: list[str], seq_len: int) -> dict:
     models_dir = Path(models_dir)
     ind, ood = {}, {}
     for src in train_sources:
         if (models_dir / src).is_dir():  # a SPEC source never sampled has no model
-            ind[src] = evaluate_model_dir(models_dir / src, prepared, src, "test", seq_len,
-                                          max_tokens)
+            ind[src] = evaluate_model_dir(models_dir / src, prepared, src, "test", seq_len)
     if (models_dir / "global").is_dir():
         for src in heldout:
             ood[src] = evaluate_model_dir(models_dir / "global", prepared, src, "test",
-                                          seq_len, max_tokens)
+                                          seq_len)
     return cp.with_means(ind, ood)
 
 
@@ -81,15 +81,26 @@ def pretrained_parts(models_dir: Path) -> tuple[dict, dict | None]:
     return body, (get_bank(model) if glob_dir.is_dir() else None)
 
 
-def unigram_yardstick(tok_root: Path, sources: list[str]) -> dict[str, dict]:
-    """UNIGRAM-CE per source (global tokenizer, validation split) from the tokenizers stage."""
+def unigram_yardstick(tok_root: Path, prepared: Path, sources: list[str]) -> dict[str, dict]:
+    """The paper's UNIGRAM-CE yardstick per source, with the global tokenizer: on the
+    validation split (from the tokenizers stage) and on the test split, per document (an
+    add-one unigram model of the source's train split; see `tokenizers.unigram_doc_losses`),
+    so that every model's test bits/byte can be divided by it on exactly the same documents."""
     stats_path = Path(tok_root) / "stats.json"
-    if not stats_path.is_file():
-        return {}
-    stats = json.loads(stats_path.read_text())["global"]["sources"]
-    return {k: {"unigram_ce": stats[k]["unigram_ce"],
-                "unigram_bpb": stats[k]["unigram_bits_per_byte"]}
-            for k in sources if k in stats}
+    stats = json.loads(stats_path.read_text())["global"]["sources"] \
+        if stats_path.is_file() else {}
+    sp = tk.load(Path(tok_root) / "global" / "spm.model")
+    out = {}
+    for k in sources:
+        test = read_split(prepared, k, "test")
+        losses = tk.unigram_doc_losses(sp, read_split(prepared, k, "train"), test)
+        n_bytes = [len(t.encode("utf-8")) for t in test]
+        out[k] = {"test_bpb": bits_per_byte(sum(losses), sum(n_bytes)),
+                  "docs": {"loss": losses, "bytes": n_bytes}}
+        if k in stats:
+            out[k].update(unigram_ce=stats[k]["unigram_ce"],
+                          unigram_bpb=stats[k]["unigram_bits_per_byte"])
+    return out
 
 
 def run_protocol(cfg: Config, variant: str, root: Path, device,
@@ -97,16 +108,18 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
     """Every evaluation of one variant (or of the random reference) -> a JSON-able dict.
 
     Reads the project at `root`: prepared data, tokenizers and (unless `random`) the
-    variant's exported models in results/pretrain/<variant>/models.
+    variant's exported models of training seed `cfg.train.seed`
+    (results/pretrain/<variant>/seed-<seed>/models).
     """
     root = Path(root)
     prepared, tok_root = layout.prepared(root), layout.tokenizers(root)
-    models_dir = layout.models_dir(root, variant)
+    models_dir = layout.models_dir(root, variant, cfg.train.seed)
     ev, train_src, heldout = cfg.evaluate, cfg.data.train_sources, cfg.data.heldout_sources
     global_dir = Path(tok_root) / "global"
     vocab = tk.load(global_dir / "spm.model").get_piece_size()
-    out: dict = {"variant": variant,
-                 "unigram": unigram_yardstick(tok_root, train_src + heldout), "seconds": {}}
+    out: dict = {"variant": variant, "seed": cfg.train.seed,
+                 "unigram": unigram_yardstick(tok_root, prepared, train_src + heldout),
+                 "seconds": {}}
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -117,10 +130,10 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
         clock = now
 
     if variant == REFERENCE:
-        body, pre_bank = get_body(build_model(cfg.model, vocab, cfg.seed)), None
+        body, pre_bank = get_body(build_model(cfg.model, vocab, cfg.train.seed)), None
     else:
         out["as_trained"] = evaluate_variant(models_dir, prepared, train_src, heldout,
-                                             cfg.train.seq_len, ev.test_tokens)
+                                             cfg.train.seq_len)
         lap("as_trained")
         body, pre_bank = pretrained_parts(models_dir)
 

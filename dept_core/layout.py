@@ -24,25 +24,26 @@ def tokenizer_stats(root: Path) -> Path:
     return Path(root) / RESULTS / "tokenizers" / "stats.json"
 
 
-def pretrain_dir(root: Path, variant: str) -> Path:
-    """results/pretrain/<variant>/: metrics.json and models/ (one HF model per source)."""
-    return Path(root) / RESULTS / "pretrain" / variant
+def pretrain_dir(root: Path, variant: str, seed: int) -> Path:
+    """results/pretrain/<variant>/seed-<seed>/: metrics.json and models/ (one HF model per
+    source) of one training seed."""
+    return Path(root) / RESULTS / "pretrain" / variant / f"seed-{seed}"
 
 
-def pretrain_metrics(root: Path, variant: str) -> Path:
-    return pretrain_dir(root, variant) / "metrics.json"
+def pretrain_metrics(root: Path, variant: str, seed: int) -> Path:
+    return pretrain_dir(root, variant, seed) / "metrics.json"
 
 
-def models_dir(root: Path, variant: str) -> Path:
-    return pretrain_dir(root, variant) / "models"
+def models_dir(root: Path, variant: str, seed: int) -> Path:
+    return pretrain_dir(root, variant, seed) / "models"
 
 
-def evaluate_dir(root: Path, variant: str) -> Path:
-    return Path(root) / RESULTS / "evaluate" / variant
+def evaluate_dir(root: Path, variant: str, seed: int) -> Path:
+    return Path(root) / RESULTS / "evaluate" / variant / f"seed-{seed}"
 
 
-def evaluate_metrics(root: Path, variant: str) -> Path:
-    return evaluate_dir(root, variant) / "metrics.json"
+def evaluate_metrics(root: Path, variant: str, seed: int) -> Path:
+    return evaluate_dir(root, variant, seed) / "metrics.json"
 
 
 def compare_dir(root: Path) -> Path:

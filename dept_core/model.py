@@ -143,6 +143,19 @@ def lm_loss(model: PreTrainedModel, batch: Tensor) -> tuple[Tensor, int]:
     return loss, int((targets != -100).sum())
 
 
+def token_nll(model: PreTrainedModel, batch: Tensor) -> Tensor:
+    """Next-token cross-entropy (nats) of every target `batch[:, 1:]`; 0 where the target is
+    -100 (padding). Shape (batch, seq_len)."""
+    inputs = batch[:, :-1].clamp_min(0)
+    targets = batch[:, 1:]
+    logits = model(input_ids=inputs).logits
+    nll = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+        ignore_index=-100, reduction="none",
+    )
+    return nll.view(targets.shape)
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
     """Linear warm-up then cosine decay to `min_ratio * peak`, over the global step count."""
     if step < warmup:

@@ -114,7 +114,8 @@ LOCAL = Exchange()
 class OuterOptimizer:
     """θ ← OuterOpt(θ, mean Δ).
 
-    * "avg": θ ← θ + mean Δ (FedAvg, i.e. outer SGD with learning rate 1: the paper's choice);
+    * "avg": θ ← θ + η·mean Δ (outer SGD; η = 1 is FedAvg, the paper's choice; η ≠ 1 is a
+      server learning rate, beyond the paper);
     * "nesterov": DiLoCo's outer step on the pseudo-gradient g = −mean Δ:
       m ← μ m + g;  θ ← θ − η (g + μ m). Beyond the paper; offered as an option.
     With `rows` (TRIM), only the rows held this round are stepped and their momentum updated.
@@ -129,7 +130,7 @@ class OuterOptimizer:
         if rows is None:
             rows = torch.ones(param.shape[0], dtype=torch.bool)
         if self.kind == "avg":
-            param[rows] += mean_delta[rows].to(param.dtype)
+            param[rows] += self.lr * mean_delta[rows].to(param.dtype)  # lr 1: exactly FedAvg
             return
         g = -mean_delta[rows].to(param.dtype)
         buf = self.buffers.setdefault(key, torch.zeros_like(param))

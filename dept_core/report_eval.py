@@ -1,6 +1,10 @@
-"""The evaluation part of the comparison (results/evaluate/*): the Table 3/4-style test
-table per protocol, plasticity and downstream tables, a verdict generated from the numbers,
-the plasticity CSV and the evaluation plots. `dept_core.report` is the entry point.
+"""The evaluation part of the comparison (results/evaluate/<variant>/seed-<s>/): test tables
+with paired intervals per protocol, the unigram yardstick, whether CPT can rank bodies,
+plasticity and downstream, the plasticity CSV and the evaluation plots.
+
+Every number comes with a 95 % paired bootstrap interval (`dept_core.stats`): test documents
+(and seeds) are resampled once per replicate and every variant — the untrained reference and
+the unigram yardstick included — is re-scored on the same resample.
 """
 
 from __future__ import annotations
@@ -10,202 +14,273 @@ import io
 import math
 from pathlib import Path
 
-from dept_core.metrics import area_under_curve, improvement_pct, mean
+import numpy as np
+
+from dept_core.metrics import mean
+from dept_core.stats import (Interval, PairedBootstrap, curve_auc_bootstrap, paired_accuracy,
+                             percentile_interval, standard_error_pct, verdict_word)
 from dept_core.variants import BASELINE, REFERENCE, report_order
+
 PROTOCOLS = {"as_trained": "as trained (own embeddings)",
              "cpt_fresh": "CPT, fresh global embedding",
              "cpt_pretrained": "CPT, pre-trained global embedding"}
+DISTS = {"id": "in_distribution", "ood": "out_of_distribution"}
+ByVariant = dict[str, dict[int, dict]]
 
 
-def _ordered(keys) -> list[str]:
-    return report_order(set(keys))
+def fmt(x, spec: str = ".3f", dash: str = "—") -> str:
+    return dash if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _table(evals: dict[str, dict], section: str) -> dict[str, dict]:
-    """One protocol's rows: per-source test bits/byte and perplexity, means, vs STD."""
-    rows = {}
-    for v in _ordered(evals):
-        e = evals[v]
-        sec = e.get("as_trained") if section == "as_trained" else \
-            e.get("continued", {}).get(section.removeprefix("cpt_"))
-        if not sec:
+def fmt_iv(iv: dict | None, spec: str = ".3f", unit: str = "") -> str:
+    """`value [low, high]`."""
+    if not iv:
+        return "—"
+    return f"{format(iv['value'], spec)}{unit} [{format(iv['low'], spec)}, " \
+           f"{format(iv['high'], spec)}]"
+
+
+def _section(e: dict, proto: str) -> dict | None:
+    if proto == "as_trained":
+        return e.get("as_trained")
+    return e.get("continued", {}).get(proto.removeprefix("cpt_"))
+
+
+def _common_seeds(evals: ByVariant) -> list[int]:
+    return sorted(set.intersection(*(set(by_seed) for by_seed in evals.values())))
+
+
+def _paired_docs(evals: ByVariant, proto: str, dist: str, seeds: list[int]):
+    """Per-document losses of every variant that has this protocol, on the sources all of
+    them have; the documents' bytes (checked identical across variants: same documents)."""
+    have = {v: {s: _section(evals[v][s], proto) for s in seeds} for v in evals}
+    # variants with this protocol and distribution (SPEC has no global model: no OOD as trained)
+    have = {v: secs for v, secs in have.items()
+            if all(sec and sec[DISTS[dist]] for sec in secs.values())}
+    if not have:
+        return {}, {}, []
+    sources = sorted(set.intersection(*(set(sec[DISTS[dist]]) for secs in have.values()
+                                        for sec in secs.values())))
+    losses, doc_bytes = {}, {}
+    for v, secs in have.items():
+        losses[v] = {}
+        for s, sec in secs.items():
+            losses[v][s] = {}
+            for src in sources:
+                docs = sec[DISTS[dist]][src]["docs"]
+                losses[v][s][src] = np.asarray(docs["loss"], dtype=np.float64)
+                b = np.asarray(docs["bytes"], dtype=np.float64)
+                if src in doc_bytes and not np.array_equal(doc_bytes[src], b):
+                    raise ValueError(f"{v} (seed {s}) was scored on other {src} test documents "
+                                     f"than the other variants: re-run its evaluation")
+                doc_bytes[src] = b
+    return losses, doc_bytes, sources
+
+
+def _table(evals: ByVariant, proto: str, unigram: dict, n_boot: int) -> dict:
+    seeds = _common_seeds(evals)
+    rows: dict[str, dict] = {}
+    for dist in DISTS:
+        losses, doc_bytes, sources = _paired_docs(evals, proto, dist, seeds)
+        if not sources:
             continue
-        ind, ood = sec["in_distribution"], sec["out_of_distribution"]
-        rows[v] = {"bpb": {k: m["bpb"] for k, m in {**ind, **ood}.items()},
-                   "ppl": {k: m["ppl"] for k, m in {**ind, **ood}.items()},
-                   "id_bpb_mean": sec["in_distribution_bpb_mean"],
-                   "ood_bpb_mean": sec["out_of_distribution_bpb_mean"],
-                   "id_ppl_mean": sec.get("in_distribution_ppl_mean"),
-                   "ood_ppl_mean": sec.get("out_of_distribution_ppl_mean")}
-    std = rows.get(BASELINE, {})
-    for r in rows.values():
-        for key in ("id_bpb_mean", "ood_bpb_mean"):
-            base, val = std.get(key), r[key]
-            r[f"{key}_vs_std_pct"] = improvement_pct(base, val) if base and val else None
+        ref = {s: np.asarray(unigram[s]["docs"]["loss"]) for s in sources} \
+            if all(s in unigram for s in sources) else None
+        boot = PairedBootstrap(losses, doc_bytes, sources, n_boot, reference=ref)
+        for v in report_order(set(losses)):
+            row = rows.setdefault(v, {"bpb": {}, "ppl": {}, "se_pct": {}})
+            cell = {"mean": boot.mean(v).as_dict(), "sources": sources}
+            if BASELINE in losses and v != BASELINE:
+                iv = boot.pct_vs(v, BASELINE)
+                cell.update(vs_std_pct=iv.as_dict(), verdict=verdict_word(iv))
+            if REFERENCE in losses and v != REFERENCE:
+                iv = boot.diff(v, REFERENCE)  # untrained − v: > 0 means v's body helps
+                cell.update(vs_untrained=iv.as_dict(), beats_untrained=iv.low > 0)
+            if ref is not None:
+                cell["unigram_ratio"] = boot.ratio_to_reference(v).as_dict()
+            row[dist] = cell
+            for src in sources:
+                per_seed = [_section(evals[v][s], proto)[DISTS[dist]][src] for s in seeds]
+                row["bpb"][src] = mean([m["bpb"] for m in per_seed])
+                row["ppl"][src] = mean([m["ppl"] for m in per_seed])
+                row["se_pct"][src] = standard_error_pct(losses[v][seeds[0]][src],
+                                                        doc_bytes[src], n_boot)
     return rows
 
 
-def evaluation(evals: dict[str, dict], pre_rows: dict[str, dict]) -> dict:
-    any_eval = next(iter(evals.values()))
-    ind = sorted({k for e in evals.values() for sec in _sections(e)
-                  for k in sec["in_distribution"]})
-    ood = sorted({k for e in evals.values() for sec in _sections(e)
-                  for k in sec["out_of_distribution"]})
-    tables = {p: t for p in PROTOCOLS if (t := _table(evals, p))}
-    plast = {}
-    for v in _ordered(evals):
-        curves = evals[v].get("plasticity", {}).get("curves", {})
-        if not curves:
-            continue
-        per = {src: {"start_bpb": c[0]["bpb"], "final_bpb": c[-1]["bpb"],
-                     "auc_bpb": area_under_curve([p["step"] for p in c], [p["bpb"] for p in c]),
-                     "steps": [p["step"] for p in c], "bpb": [p["bpb"] for p in c]}
-               for src, c in curves.items()}
-        plast[v] = {"sources": per, "final_bpb_mean": mean([x["final_bpb"] for x in per.values()]),
-                    "auc_bpb_mean": mean([x["auc_bpb"] for x in per.values()])}
-    down = {v: {k: evals[v]["downstream"][k] for k in ("accuracy", "macro_f1",
-                                                       "majority_class_accuracy",
-                                                       "accuracy_per_language")}
-            for v in _ordered(evals) if evals[v].get("downstream")}
-    floor = down.get(REFERENCE)
-    for r in down.values():
-        r["accuracy_vs_random"] = r["accuracy"] - floor["accuracy"] if floor else None
-        r["macro_f1_vs_random"] = r["macro_f1"] - floor["macro_f1"] if floor else None
-    return {"in_distribution": ind, "out_of_distribution": ood, "tables": tables,
-            "plasticity": plast, "downstream": down,
-            "unigram": any_eval.get("unigram", {}),
+def _plasticity(evals: ByVariant, n_boot: int) -> dict:
+    have = {v: by_seed for v, by_seed in evals.items()
+            if all(e.get("plasticity", {}).get("curves") for e in by_seed.values())}
+    if not have:
+        return {}
+    curves = {v: {s: {src: {"steps": [p["step"] for p in c],
+                            "loss": [p["docs"]["loss"] for p in c],
+                            "bytes": c[0]["docs"]["bytes"]}
+                      for src, c in e["plasticity"]["curves"].items()}
+                  for s, e in by_seed.items()} for v, by_seed in have.items()}
+    point, reps = curve_auc_bootstrap(curves, n_boot)
+    out = {}
+    for v in report_order(set(have)):
+        per_src = {}
+        for src in next(iter(have[v].values()))["plasticity"]["curves"]:
+            cs = [e["plasticity"]["curves"][src] for e in have[v].values()]
+            per_src[src] = {"steps": [p["step"] for p in cs[0]],
+                            "bpb": [mean([c[i]["bpb"] for c in cs]) for i in range(len(cs[0]))]}
+            per_src[src].update(start_bpb=per_src[src]["bpb"][0],
+                                final_bpb=per_src[src]["bpb"][-1])
+        row = {"auc": percentile_interval(point[v], reps[v]).as_dict(), "sources": per_src,
+               "final_bpb_mean": mean([x["final_bpb"] for x in per_src.values()])}
+        if REFERENCE in point and v != REFERENCE:
+            iv = percentile_interval(point[REFERENCE] - point[v], reps[REFERENCE] - reps[v])
+            row.update(vs_untrained=iv.as_dict(), verdict=verdict_word(iv))
+        out[v] = row
+    return out
+
+
+def _downstream(evals: ByVariant, n_boot: int) -> dict:
+    have = {v: by_seed for v, by_seed in evals.items()
+            if all(e.get("downstream") for e in by_seed.values())}
+    if not have:
+        return {}
+    point, reps = paired_accuracy({v: {s: e["downstream"]["correct"] for s, e in bs.items()}
+                                   for v, bs in have.items()}, n_boot)
+    out = {}
+    for v in report_order(set(have)):
+        ds = list(have[v].values())
+        row = {"accuracy": percentile_interval(point[v], reps[v]).as_dict(),
+               "macro_f1": mean([d["downstream"]["macro_f1"] for d in ds]),
+               "majority_class_accuracy": ds[0]["downstream"]["majority_class_accuracy"],
+               "accuracy_per_language": ds[0]["downstream"]["accuracy_per_language"]}
+        if REFERENCE in point and v != REFERENCE:
+            iv = percentile_interval(point[v] - point[REFERENCE], reps[v] - reps[REFERENCE])
+            row.update(vs_untrained=iv.as_dict(), verdict=verdict_word(iv))
+        out[v] = row
+    return out
+
+
+def evaluation(evals: ByVariant, pre_rows: dict[str, dict], n_boot: int = 2000) -> dict:
+    any_eval = next(iter(next(iter(evals.values())).values()))
+    unigram = any_eval.get("unigram", {})
+    tables = {p: t for p in PROTOCOLS if (t := _table(evals, p, unigram, n_boot))}
+    cpt = tables.get("cpt_fresh", {})
+    beating = [v for v, r in cpt.items() if r.get("id", {}).get("beats_untrained")]
+    steps = [e["continued"]["fresh"].get("steps") for by_seed in evals.values()
+             for e in by_seed.values() if e.get("continued", {}).get("fresh")]
+    return {"tables": tables, "plasticity": _plasticity(evals, n_boot),
+            "downstream": _downstream(evals, n_boot),
+            "unigram": {s: {k: u[k] for k in ("test_bpb", "unigram_bpb") if k in u}
+                        for s, u in unigram.items()},
+            "cpt_check": {"steps": steps[0] if steps else 0, "bodies_beating_untrained": beating,
+                          "readable": bool(beating) or REFERENCE not in cpt},
             "comm_bytes": {v: r["comm_bytes"] for v, r in pre_rows.items()},
             "embedding_bytes_per_source": {v: r["embedding_bytes_per_source"]
                                            for v, r in pre_rows.items()}}
 
 
-def _sections(e: dict) -> list[dict]:
-    return [s for s in [e.get("as_trained"), *e.get("continued", {}).values()] if s]
-
-
-def _best(rows: dict[str, dict], key, exclude=(REFERENCE,)) -> tuple[str, float] | None:
-    cands = [(r[key], v) for v, r in rows.items() if v not in exclude and r.get(key) is not None
-             and not (isinstance(r[key], float) and math.isnan(r[key]))]
-    return (min(cands)[1], min(cands)[0]) if cands else None
-
-
-def verdict(summary: dict) -> list[str]:
-    """Plain sentences on who wins where — generated from the numbers, never hand-written."""
-    ev, out = summary["evaluation"], []
-    out.append(f"Pre-training, validation bits/byte (mean over {', '.join(summary['mean_over'])}"
-               f"): lowest is **{summary['best_mean']}**.")
-    for proto, rows in ev["tables"].items():
-        for key, where in (("id_bpb_mean", "in distribution"),
-                           ("ood_bpb_mean", "out of distribution")):
-            best = _best(rows, key)
-            if best is None:
-                continue
-            line = (f"Test bits/byte {where}, {PROTOCOLS[proto]}: lowest is **{best[0]}** "
-                    f"({best[1]:.3f})")
-            std = rows.get(BASELINE, {}).get(key)
-            if std and best[0] != BASELINE:
-                line += f", {improvement_pct(std, best[1]):+.1f} % vs STD ({std:.3f})"
-            elif best[0] == BASELINE:
-                dept = _best(rows, key, exclude=(REFERENCE, BASELINE))
-                if dept:
-                    line += (f"; the best DEPT variant, {dept[0]}, is "
-                             f"{-improvement_pct(best[1], dept[1]):.1f} % worse")
-            out.append(line + ".")
-        per_src = {s: _best({v: {"x": r["bpb"].get(s)} for v, r in rows.items()}, "x")
-                   for s in ev["in_distribution"] + ev["out_of_distribution"]}
-        out.append(f"Per source ({PROTOCOLS[proto]}): " + ", ".join(
-            f"{s}: {b[0]}" for s, b in per_src.items() if b) + ".")
-    if ev["plasticity"]:
-        best = _best(ev["plasticity"], "auc_bpb_mean")
-        floor = ev["plasticity"].get(REFERENCE, {}).get("auc_bpb_mean")
-        line = (f"Plasticity (mean bits/byte over the adaptation curve on unseen sources, "
-                f"lower = adapts faster): most plastic body is **{best[0]}** ({best[1]:.3f})")
-        if floor is not None:
-            line += f"; the untrained body scores {floor:.3f}"
-        out.append(line + ".")
-    if ev["downstream"]:
-        rows = {v: {"neg": -r["accuracy"], **r} for v, r in ev["downstream"].items()}
-        best = _best(rows, "neg")
-        r = ev["downstream"][best[0]]
-        line = (f"Downstream ({'+'.join(['accuracy', 'macro-F1'])}): best is **{best[0]}** "
-                f"(accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f})")
-        floor = ev["downstream"].get(REFERENCE)
-        if floor:
-            beat = [v for v, x in ev["downstream"].items()
-                    if v != REFERENCE and x["accuracy"] > floor["accuracy"]]
-            line += (f"; the random-body floor scores {floor['accuracy']:.3f}, and "
-                     f"{len(beat)} of {len(ev['downstream']) - 1} pre-trained bodies beat it"
-                     + (f" ({', '.join(beat)})" if beat else ""))
-        out.append(line + ".")
-    return out
-
-
-def _f(x, spec=".3f", dash="—") -> str:
-    return dash if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
+# ------------------------------------------------------------------------------ markdown ----
 def evaluation_markdown(summary: dict) -> list[str]:
     ev = summary["evaluation"]
-    ind, ood = ev["in_distribution"], ev["out_of_distribution"]
-    lines = ["## Test bits/byte per source (the paper's Tables 3 and 4)", ""]
-    head = ["variant", "protocol", *ind, "ID mean", "ID vs STD", *[f"{s} (OOD)" for s in ood],
-            "OOD mean", "OOD vs STD", "ID ppl", "OOD ppl", "comm MB", "emb. MB/source"]
+    lines = ["## Test bits/byte with 95 % intervals (lower is better)", ""]
+    head = ["variant", "protocol", "ID mean", "ID vs STD %", "OOD mean", "OOD vs STD %",
+            "ID × unigram", "comm MB", "emb. MB/source"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    uni = ev["unigram"]
-    if uni:
-        cells = ["unigram", "yardstick (UNIGRAM-CE, bits/byte)",
-                 *[_f(uni.get(s, {}).get("unigram_bpb")) for s in ind], "", "",
-                 *[_f(uni.get(s, {}).get("unigram_bpb")) for s in ood], "", "", "", "", "", ""]
-        lines.append("| " + " | ".join(cells) + " |")
     for proto, rows in ev["tables"].items():
         for v, r in rows.items():
-            cells = [v, PROTOCOLS[proto], *[_f(r["bpb"].get(s)) for s in ind],
-                     f"**{_f(r['id_bpb_mean'])}**", _f(r["id_bpb_mean_vs_std_pct"], "+.1f"),
-                     *[_f(r["bpb"].get(s)) for s in ood], f"**{_f(r['ood_bpb_mean'])}**",
-                     _f(r["ood_bpb_mean_vs_std_pct"], "+.1f"),
-                     _f(r["id_ppl_mean"], ".1f"), _f(r["ood_ppl_mean"], ".1f"),
-                     _f(ev["comm_bytes"].get(v, None) and ev["comm_bytes"][v] / 1e6, ".1f"),
-                     _f(ev["embedding_bytes_per_source"].get(v, None)
-                        and ev["embedding_bytes_per_source"][v] / 1e6, ".2f")]
+            i, o = r.get("id", {}), r.get("ood", {})
+            cells = [v, PROTOCOLS[proto], fmt_iv(i.get("mean")),
+                     _vs(i), fmt_iv(o.get("mean")), _vs(o),
+                     fmt_iv(i.get("unigram_ratio"), ".2f"),
+                     fmt(ev["comm_bytes"].get(v) and ev["comm_bytes"][v] / 1e6, ".1f"),
+                     fmt(ev["embedding_bytes_per_source"].get(v)
+                         and ev["embedding_bytes_per_source"][v] / 1e6, ".2f")]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Bits per UTF-8 byte on each source's test split; lower is better. "
-              "'vs STD' is the improvement in % over STD under the same protocol. Perplexity "
-              "(ppl, per token) compares only rows that share a tokenizer: every CPT row uses "
-              "the global one; 'as trained' rows use each variant's own (SPEC-OPT: per-source). "
-              "CPT = continued pre-training of the body on the mixture "
-              "(evaluate.cpt_fraction of the pre-training steps); `random` is the untrained "
-              "body given the same CPT.", ""]
-    if ev["plasticity"]:
-        srcs = sorted({s for p in ev["plasticity"].values() for s in p["sources"]})
-        lines += ["## Plasticity: adapting each body to an unseen source", ""]
-        head = ["variant", *[f"{s} step 0 → {s} final" for s in srcs], "mean final",
-                "mean over curve"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for v, p in ev["plasticity"].items():
-            cells = [v, *[f"{_f(p['sources'][s]['start_bpb'])} → {_f(p['sources'][s]['final_bpb'])}"
-                          if s in p["sources"] else "—" for s in srcs],
-                     _f(p["final_bpb_mean"]), f"**{_f(p['auc_bpb_mean'])}**"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Validation bits/byte of the unseen source while the body and a fresh "
-                  "embedding train on it alone; 'mean over curve' is the trapezoidal mean over "
-                  "the steps (lower = more plastic).", ""]
-    if ev["downstream"]:
-        lines += ["## Downstream: topic classification, fine-tuned with a classification head",
-                  ""]
-        head = ["variant", "accuracy", "macro-F1", "accuracy vs random", "macro-F1 vs random"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for v, r in ev["downstream"].items():
-            lines.append("| " + " | ".join([
-                v, _f(r["accuracy"]), _f(r["macro_f1"]), _f(r["accuracy_vs_random"], "+.3f"),
-                _f(r["macro_f1_vs_random"], "+.3f")]) + " |")
-        maj = next(iter(ev["downstream"].values()))["majority_class_accuracy"]
-        lines += ["", f"Test split accuracy and macro-F1; `random` is a randomly initialised "
-                  f"body of the same shape fine-tuned identically (the floor). Always "
-                  f"predicting the majority class scores {maj:.3f}.", ""]
-    lines += ["## Verdict", "", *[f"- {s}" for s in summary["verdict"]]]
+    over = sorted({(d, ", ".join(r[d]["sources"])) for rows in ev["tables"].values()
+                   for r in rows.values() for d in DISTS if r.get(d, {}).get("sources")})
+    lines += ["", "Means over the sources every variant in the row's protocol has ("
+              + "; ".join(f"{d.upper()}: {s}" for d, s in over) + "), averaged over seeds. "
+              "'vs STD %': how much lower than STD on the same documents (positive = better), "
+              "with its paired interval and the verdict it supports. '× unigram': the mean "
+              "divided by an add-one unigram model's bits/byte on the same test documents "
+              "(global tokenizer; < 1 = better than word-piece frequencies). CPT = continued "
+              "pre-training of each body on the mixture; `random` = the untrained body given "
+              "the same CPT.", ""]
+    lines += _per_source_markdown(ev)
+    lines += _plasticity_markdown(ev) + _downstream_markdown(ev)
     return lines
 
 
+def _vs(cell: dict) -> str:
+    if "vs_std_pct" not in cell:
+        return "—"
+    return f"{fmt_iv(cell['vs_std_pct'], '+.1f')} {cell['verdict']}"
+
+
+def _per_source_markdown(ev: dict) -> list[str]:
+    out = []
+    for n, (proto, rows) in enumerate(ev["tables"].items()):
+        srcs = sorted({s for r in rows.values() for s in r["bpb"]})
+        out += [f"### Per source, {PROTOCOLS[proto]}: test bits/byte (mean over seeds)", ""]
+        head = ["variant", *srcs]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        uni = ev["unigram"]
+        if uni:
+            out.append("| " + " | ".join(["unigram", *[fmt(uni.get(s, {}).get("test_bpb"))
+                                                      for s in srcs]]) + " |")
+        for v, r in rows.items():
+            out.append("| " + " | ".join([v, *[fmt(r["bpb"].get(s)) for s in srcs]]) + " |")
+        se = {s: [r["se_pct"][s] for r in rows.values() if s in r["se_pct"]] for s in srcs}
+        out.append("")
+        if n == 0:
+            out += ["Standard error of one source's bits/byte from its test documents alone "
+                    "(documents resampled; range over variants): " + ", ".join(
+                        f"{s} {min(v):.1f}–{max(v):.1f} %" for s, v in se.items() if v)
+                    + ". A single number is only that precise; differences between variants "
+                      "are paired on the same documents and much tighter (the intervals "
+                      "above).", ""]
+    return out
+
+
+def _plasticity_markdown(ev: dict) -> list[str]:
+    if not ev["plasticity"]:
+        return []
+    srcs = sorted({s for p in ev["plasticity"].values() for s in p["sources"]})
+    out = ["## Plasticity: adapting each body to an unseen source", ""]
+    head = ["variant", *[f"{s} step 0 → final" for s in srcs], "mean over curve [95 %]",
+            "vs untrained"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, p in ev["plasticity"].items():
+        cells = [v, *[f"{fmt(p['sources'][s]['start_bpb'])} → {fmt(p['sources'][s]['final_bpb'])}"
+                      if s in p["sources"] else "—" for s in srcs],
+                 fmt_iv(p["auc"]),
+                 f"{fmt_iv(p['vs_untrained'], '+.3f')} {p['verdict']}"
+                 if "vs_untrained" in p else "—"]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Validation bits/byte of the unseen source while the body and a fresh embedding "
+            "train on it alone; 'mean over curve' is the trapezoidal mean over the steps "
+            "(lower = more plastic); 'vs untrained' = untrained − variant (positive: adapts "
+            "faster than a random body).", ""]
+    return out
+
+
+def _downstream_markdown(ev: dict) -> list[str]:
+    if not ev["downstream"]:
+        return []
+    out = ["## Downstream: topic classification, fine-tuned with a classification head", ""]
+    head = ["variant", "accuracy [95 %]", "vs untrained", "macro-F1"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, r in ev["downstream"].items():
+        out.append("| " + " | ".join([
+            v, fmt_iv(r["accuracy"]),
+            f"{fmt_iv(r['vs_untrained'], '+.3f')} {r['verdict']}" if "vs_untrained" in r
+            else "—", fmt(r["macro_f1"])]) + " |")
+    maj = next(iter(ev["downstream"].values()))["majority_class_accuracy"]
+    out += ["", f"Test accuracy (intervals: test examples resampled, paired); `random` is an "
+            f"untrained body fine-tuned identically (the floor). Always predicting the "
+            f"majority class scores {maj:.3f}.", ""]
+    return out
+
+
+# ------------------------------------------------------------------------- csv and plots ----
 def plasticity_csv(summary: dict) -> str:
     """step, variant, value: bits/byte averaged over the unseen sources (DVC plots)."""
     plast = summary.get("evaluation", {}).get("plasticity", {})
@@ -222,7 +297,7 @@ def plasticity_csv(summary: dict) -> str:
 
 
 def plot_evaluation(summary: dict, out_dir: Path) -> list[Path]:
-    """bpb_per_source.png (bars, per protocol) and plasticity.png (curves per unseen source)."""
+    """bpb_per_source.png (bars with intervals, per protocol) and plasticity.png."""
     if "evaluation" not in summary:
         return []
     import matplotlib
@@ -232,21 +307,23 @@ def plot_evaluation(summary: dict, out_dir: Path) -> list[Path]:
 
     ev, paths = summary["evaluation"], []
     tables = ev["tables"]
-    srcs = ev["in_distribution"] + ev["out_of_distribution"]
     if tables:
-        fig, axes = plt.subplots(len(tables), 1, figsize=(max(6, len(srcs) * 1.2), 3.2 *
-                                                          len(tables)), squeeze=False)
-        for ax, (proto, rows) in zip(axes[:, 0], tables.items()):
-            width = 0.8 / max(len(rows), 1)
-            for i, (v, r) in enumerate(rows.items()):
-                xs = [j + i * width for j in range(len(srcs))]
-                ax.bar(xs, [r["bpb"].get(s, 0) for s in srcs], width, label=v)
-            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(srcs))],
-                          [s + (" (OOD)" if s in ev["out_of_distribution"] else "")
-                           for s in srcs])
-            ax.set_ylabel("test bits/byte")
-            ax.set_title(PROTOCOLS[proto])
-            ax.legend(fontsize=7, ncol=3)
+        fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 3.6),
+                                 squeeze=False)
+        for ax, (proto, rows) in zip(axes[0], tables.items()):
+            names = list(rows)
+            for j, dist in enumerate(("id", "ood")):
+                ivs = [rows[v].get(dist, {}).get("mean") for v in names]
+                xs = [i + 0.4 * j for i, iv in enumerate(ivs) if iv]
+                vals = [iv for iv in ivs if iv]
+                ax.bar(xs, [iv["value"] for iv in vals], 0.38,
+                       yerr=[[iv["value"] - iv["low"] for iv in vals],
+                             [iv["high"] - iv["value"] for iv in vals]],
+                       label="in distribution" if dist == "id" else "held out", capsize=2)
+            ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=30)
+            ax.set_ylabel("test bits/byte (95 % interval)")
+            ax.set_title(PROTOCOLS[proto], fontsize=9)
+            ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(Path(out_dir) / "bpb_per_source.png")
         fig.savefig(paths[-1], dpi=100)
@@ -270,3 +347,7 @@ def plot_evaluation(summary: dict, out_dir: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     return paths
+
+
+__all__ = ["Interval", "evaluation", "evaluation_markdown", "fmt", "fmt_iv", "plasticity_csv",
+           "plot_evaluation", "PROTOCOLS"]

@@ -1,7 +1,7 @@
 """DEPT's training rounds (paper Algorithm 1) for every variant with an embedding policy.
 
     for round t = 1..T:
-        S_t ← sources_per_round sources, sampled without replacement (seeded)
+        S_t ← the round's sources (train.schedule: balanced or random, seeded)
         for k in S_t:  θ_k ← θ; bank_k ← policy.download(k); N_local AdamW steps on D_k
                        Δθ_k = θ_k − θ; policy.upload(k, bank_k)
         θ ← OuterOpt(θ, mean_k Δθ_k); policy.aggregate()
@@ -35,7 +35,7 @@ from dept_core.model import build_model, get_bank, get_body, load_body, lr_at, n
 from dept_core.outer import LOCAL, Exchange, OuterOptimizer
 from dept_core.policies import POLICIES
 from dept_core.sourcedata import SourceData, SourceInfo
-from dept_core.trainer import evaluate_windows, first_nonfinite, local_train, make_optimizer
+from dept_core.trainer import evaluate_set, first_nonfinite, local_train, make_optimizer
 from dept_core.variants import Variant
 
 
@@ -61,6 +61,49 @@ def sample_sources(names: list[str], k: int, rng: torch.Generator) -> list[str]:
     return [names[i] for i in chosen.tolist()]
 
 
+def source_schedule(names: list[str], rounds: int, k: int, kind: str, seed: int
+                    ) -> list[list[str]]:
+    """S_1 .. S_T, each in config order.
+
+    * `random`: k sources drawn uniformly without replacement every round (the paper's
+      federated sampling); a source's participation count is binomial.
+    * `balanced` (beyond the paper): every source takes part in exactly T·k/n rounds (needs
+      n | T·k; the config checks it). Each round takes the k sources with the most rounds still
+      owed, ties broken by a seeded random order: with every quota ≤ the rounds left, this
+      always completes, and with k = n every source trains every round.
+    """
+    rng = torch.Generator().manual_seed(derived_seed(seed, "rounds"))
+    if kind == "random":
+        return [sample_sources(names, k, rng) for _ in range(rounds)]
+    owed = {name: rounds * k // len(names) for name in names}
+    out = []
+    for _ in range(rounds):
+        tiebreak = torch.randperm(len(names), generator=rng).tolist()
+        order = sorted(range(len(names)), key=lambda i: (-owed[names[i]], tiebreak.index(i)))
+        chosen = sorted(order[:k])
+        for i in chosen:
+            owed[names[i]] -= 1
+        out.append([names[i] for i in chosen])
+    return out
+
+
+def inner_schedule(t, first: int):
+    """The inner learning rate of a round starting at global step `first`: warm-up then
+    cosine over the run's steps (`lr_at`); with a reset inner state and round_warmup_steps W,
+    each round's first W steps also ramp linearly from lr/W (our addition: a fresh AdamW at the
+    peak rate makes the first round-2 steps worse even for sources trained in that round)."""
+    total, ramp = t.rounds * t.local_steps, t.round_warmup_steps
+    if t.inner_state != "reset" or ramp == 0:
+        return lambda s: lr_at(s, total, t.lr, t.warmup_steps, t.min_lr_ratio)
+    return lambda s: lr_at(s, total, t.lr, t.warmup_steps, t.min_lr_ratio) * \
+        min(1.0, (s - first + 1) / ramp)
+
+
+def participation(schedule: list[list[str]], names: list[str]) -> dict[str, int]:
+    """Rounds each source trained in."""
+    return {name: sum(name in s for s in schedule) for name in names}
+
+
 class DeptRun:
     """One DEPT variant's rounds over the sources in `data` (this process's share; `sources`
     describes every training source, default: those in `data`)."""
@@ -76,20 +119,23 @@ class DeptRun:
             raise ValueError(f"variant '{variant.name}': policy '{variant.policy}' needs the "
                              f"subvocab tokenizer layout, not '{variant.tokenizer}'")
         self.cfg, self.data, self.device, self.exchange = cfg, data, device, exchange
-        self.model = build_model(cfg.model, global_vocab, cfg.seed)
+        seed = cfg.train.seed
+        self.model = build_model(cfg.model, global_vocab, seed)
         self.ledger = CommLedger()
         self.policy = policy_cls(
             cfg.model, get_bank(self.model) if policy_cls.server_bank else None,
             {k: s.global_ids for k, s in data.items()},
-            {k: s.vocab_size for k, s in data.items()}, cfg.seed, self.ledger)
-        o = cfg.train.outer
+            {k: s.vocab_size for k, s in data.items()}, seed, self.ledger)
+        t, o = cfg.train, cfg.train.outer
         self.body = get_body(self.model)
-        self.outer = OuterOptimizer(o.optimizer, o.lr, o.momentum)
-        self.round_rng = torch.Generator().manual_seed(derived_seed(cfg.seed, "rounds"))
-        self.samplers = {k: BatchSampler(s.train, cfg.train.seq_len, cfg.train.batch_size,
-                                         derived_seed(cfg.seed, "batches", k))
+        self.outer = OuterOptimizer(o.optimizer, o.server_lr, o.momentum)
+        self.samplers = {k: BatchSampler(s.train, t.seq_len, t.batch_size,
+                                         derived_seed(seed, "batches", k))
                          for k, s in data.items()}
         self.sources = sources or {k: s.info() for k, s in data.items()}
+        self.source_names = list(self.sources)
+        self.schedule = source_schedule(list(self.sources), t.rounds, t.sources_per_round,
+                                        t.schedule, seed)
         self.opt_states: dict[str, dict] = {}
         self.history: list[dict] = []
         self.done = 0
@@ -101,7 +147,7 @@ class DeptRun:
         """One round of Algorithm 1. Every process samples the same S_t (same seeded
         generator) and ends with the same θ; the round's record is appended to `history`."""
         rnd, t, start = self.done + 1, self.cfg.train, time.perf_counter()
-        chosen = sample_sources(list(self.sources), t.sources_per_round, self.round_rng)
+        chosen = self.schedule[rnd - 1]
         mine = [k for k in chosen if k in self.data]
         deltas, stats, opts = {}, {}, {}
         for k in mine:
@@ -129,8 +175,7 @@ class DeptRun:
 
     def save(self, ckpt_dir: Path, keep: int) -> None:
         tensors = {**ck.pack("body", self.body), **ck.pack("policy", self.policy.state_dict()),
-                   **ck.pack("outer", self.outer.state_dict()),
-                   "rng/rounds": self.round_rng.get_state()}
+                   **ck.pack("outer", self.outer.state_dict())}
         groups = {}
         for k, sampler in self.samplers.items():
             tensors[f"rng/batches/{k}"] = sampler.state()
@@ -149,7 +194,6 @@ class DeptRun:
         self.body = ck.unpack("body", tensors)
         self.policy.load_state_dict(ck.unpack("policy", tensors))
         self.outer.load_state_dict(ck.unpack("outer", tensors))
-        self.round_rng.set_state(tensors["rng/rounds"])
         for k, sampler in self.samplers.items():
             sampler.set_state(tensors[f"rng/batches/{k}"])
         self.opt_states = {k: ck.optimizer_from_tensors(ck.unpack(f"opt/{k}", tensors), g)
@@ -181,12 +225,9 @@ class DeptRun:
         opt = make_optimizer(model, t)
         if t.inner_state == "keep" and source in self.opt_states:
             opt.load_state_dict(self.opt_states[source])
-        total = t.rounds * t.local_steps
-        stats = local_train(
-            model, opt, self.samplers[source], t.local_steps, (rnd - 1) * t.local_steps,
-            lambda s: lr_at(s, total, t.lr, t.warmup_steps, t.min_lr_ratio), t.grad_clip,
-            self.device,
-        )
+        first = (rnd - 1) * t.local_steps
+        stats = local_train(model, opt, self.samplers[source], t.local_steps, first,
+                            inner_schedule(t, first), t.grad_clip, self.device)
         new_body, new_bank = get_body(model), get_bank(model)
         bad = first_nonfinite(new_body) or first_nonfinite(new_bank)
         if bad is not None or not torch.isfinite(torch.tensor(stats.loss)):
@@ -209,7 +250,7 @@ class DeptRun:
             if bank is None:
                 continue
             set_bank(self.model, bank)
-            out[name] = evaluate_windows(self.model, src.val, src.val_bytes, self.device)
+            out[name] = evaluate_set(self.model, src.val, self.device)
         return out
 
     def _record(self, rnd: int, chosen: list[str], stats: dict) -> dict:

@@ -46,6 +46,7 @@ class Run(Protocol):
 
     history: list[dict]   # one record per finished round
     done: int             # rounds finished
+    source_names: list[str]  # every training source (config order)
     ledger: CommLedger    # every byte that crossed the source/server boundary
 
     def run_round(self) -> dict:
@@ -85,7 +86,16 @@ def build_run(cfg: Config, variant: str, data: dict[str, SourceData], global_voc
     return DeptRun(cfg, spec, data, global_vocab, device, exchange, sources)
 
 
-def round_metrics(record: dict, cumulative: dict) -> dict[str, float]:
+def complete_mean(val: dict, sources) -> float | None:
+    """Mean validation bits/byte over `sources`, only when every one was evaluated (a SPEC
+    source never trained yet has no embeddings): a mean over fewer sources would compare
+    unlike with like."""
+    if not val or set(sources) - set(val):
+        return None
+    return sum(val[k]["bpb"] for k in sources) / len(sources)
+
+
+def round_metrics(record: dict, cumulative: dict, sources: list[str]) -> dict[str, float]:
     """One round's record as flat MLflow-style metric names."""
     out = {f"train_loss/{k}": v for k, v in record["train_loss"].items()}
     out["tokens_per_s"] = record["tokens_per_s"]
@@ -96,19 +106,20 @@ def round_metrics(record: dict, cumulative: dict) -> dict[str, float]:
         out[f"comm/{comp}_bytes"] = v["down"] + v["up"]
     for k, v in record.get("val", {}).items():
         out[f"val_loss/{k}"], out[f"val_bpb/{k}"] = v["loss"], v["bpb"]
-    if record.get("val"):
-        out["val_bpb_mean"] = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
+    mean = complete_mean(record.get("val", {}), sources)
+    if mean is not None:
+        out["val_bpb_mean"] = mean
     return out
 
 
-def round_line(record: dict, rounds: int) -> str:
+def round_line(record: dict, rounds: int, sources: list[str]) -> str:
     """One finished round, as a log line."""
     losses = " ".join(f"{k}={v:.3f}" for k, v in record["train_loss"].items())
     line = (f"round {record['round']}/{rounds} | sources {','.join(record['sources'])} | "
             f"train loss {losses} | {record['tokens_per_s']:.0f} tok/s | "
             f"comm {(record['comm']['down'] + record['comm']['up']) / 1e6:.2f} MB")
-    if record.get("val"):
-        mean = sum(v["bpb"] for v in record["val"].values()) / len(record["val"])
+    mean = complete_mean(record.get("val", {}), sources)
+    if mean is not None:
         line += f" | val bits/byte {mean:.3f}"
     return line
 
@@ -117,12 +128,13 @@ def train_loop(run: Run, rounds: int, ckpt_dir: Path | None, keep: int,
                sink: MetricsSink, on_round: OnRound | None = None) -> None:
     """Run the rounds left, checkpointing after each. A resumed run first re-logs its
     finished rounds, so a new tracking run after a crash misses nothing."""
+    names = run.source_names
     for record in run.history:
-        sink.log(round_metrics(record, run.ledger.totals(upto=record["round"])),
+        sink.log(round_metrics(record, run.ledger.totals(upto=record["round"]), names),
                  step=record["round"])
     while run.done < rounds:
         record = run.run_round()
-        sink.log(round_metrics(record, run.ledger.totals()), step=record["round"])
+        sink.log(round_metrics(record, run.ledger.totals(), names), step=record["round"])
         if on_round:
             on_round(record)
         if ckpt_dir is not None:
@@ -132,7 +144,7 @@ def train_loop(run: Run, rounds: int, ckpt_dir: Path | None, keep: int,
 def run_key(cfg: Config, variant: str, prepared: Path, tok_root: Path) -> str:
     """Identifies a run: config + variant + the exact data and tokenizers it trains on
     (the evaluate section does not change pre-training, so it is left out)."""
-    dump = cfg.model_dump_json(exclude={"train": {"variants"}, "evaluate": True})
+    dump = cfg.model_dump_json(exclude={"train": {"variants", "seeds"}, "evaluate": True})
     h = hashlib.sha256(dump.encode())
     h.update(variant.encode())
     for f in (Path(prepared) / "manifest.json", Path(tok_root) / "global" / "spm.model"):
@@ -150,7 +162,7 @@ def train_variant(cfg: Config, variant: str, prepared: Path, tok_root: Path,
     """Train (or resume, from `ckpt_dir`) one variant in this process."""
     device = pick_device(cfg.train.device)
     data = load_sources(variants.get(variant).tokenizer, cfg.data.train_sources, prepared,
-                        tok_root, cfg.train.seq_len, cfg.train.eval_tokens)
+                        tok_root, cfg.train.seq_len)
     vocab = global_vocab_size(tok_root)
     run = build_run(cfg, variant, data, vocab, device)
     if ckpt_dir is not None:
@@ -196,9 +208,9 @@ def run_metrics(cfg: Config, variant: str, outcome: RunOutcome, global_vocab: in
                  "per_step": {"down": totals["bytes_down_total"] / steps,
                               "up": totals["bytes_up_total"] / steps},
                  "std_equivalent_total": std_equiv},
-        "final": {"val": final,
-                  "val_bpb_mean": (sum(v["bpb"] for v in final.values()) / len(final))
-                  if final else None},
+        "final": {"val": final, "val_bpb_mean": complete_mean(final, sources)},
+        "seed": t.seed, "schedule": t.schedule,
+        "participation": {k: sum(k in h["sources"] for h in history) for k in sources},
         "history": history,
     }
     policy = variants.get(variant).policy

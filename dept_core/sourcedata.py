@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from dept_core import tokenizers as tk
-from dept_core.batches import cap_docs, eval_windows, token_stream
+from dept_core.batches import EvalSet, eval_set, token_stream
 from dept_core.data import read_split
 from dept_core.errors import DataError
 from dept_core.variants import Layout
@@ -42,8 +42,7 @@ class SourceData:
     tokenizer_dir: Path
     vocab_size: int
     train: Tensor           # the train split as one token stream
-    val: Tensor             # evaluation windows over the (capped) validation split
-    val_bytes: int
+    val: EvalSet            # the validation split, as evaluation windows
     global_ids: Tensor | None  # local id -> global id (subvocab layout), else None
 
     @property
@@ -60,37 +59,42 @@ def tokenizer_dir(tok_root: Path, layout: Layout, source: str) -> Path:
     return Path(tok_root) / LAYOUT_DIRS[layout] / source
 
 
-def encode_split(tok_dir: Path, prepared: Path, source: str, split: str,
-                 max_tokens: int | None = None) -> tuple[Tensor, int]:
-    """(token stream, UTF-8 bytes) of a split; `max_tokens` caps it at whole documents."""
-    model = tok_dir / "spm.model"
+def _split_ids(tok_dir: Path, prepared: Path, source: str, split: str
+               ) -> tuple[list[str], list[list[int]]]:
+    model = Path(tok_dir) / "spm.model"
     if not model.is_file():
         raise DataError(f"{model}: missing — run the tokenizers stage first (dept tokenizers)")
-    sp = tk.load(model)
     texts = read_split(prepared, source, split)
-    docs = tk.encode_docs(sp, texts)
-    if max_tokens is not None:
-        docs, n_bytes = cap_docs(texts, docs, max_tokens)
-    else:
-        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    return token_stream(docs), n_bytes
+    return texts, tk.encode_docs(tk.load(model), texts)
+
+
+def train_stream(tok_dir: Path, prepared: Path, source: str) -> Tensor:
+    """The train split as one token stream `[eos] d1 [eos] d2 [eos] ...`."""
+    return token_stream(_split_ids(tok_dir, prepared, source, "train")[1])
+
+
+def split_eval_set(tok_dir: Path, prepared: Path, source: str, split: str,
+                   seq_len: int) -> EvalSet:
+    """A whole split (every document: all variants see the same ones) as evaluation windows."""
+    texts, docs = _split_ids(tok_dir, prepared, source, split)
+    return eval_set(docs, texts, seq_len)
 
 
 def load_sources(layout: Layout, sources: list[str], prepared: Path, tok_root: Path,
-                 seq_len: int, eval_tokens: int) -> dict[str, SourceData]:
+                 seq_len: int) -> dict[str, SourceData]:
     """Each source's train stream and validation windows as tokenizer `layout` reads them
     (a variant's `dept_core.variants.get(name).tokenizer`)."""
     out = {}
     for name in sources:
         tdir = tokenizer_dir(tok_root, layout, name)
-        train, _ = encode_split(tdir, prepared, name, "train")
+        train = train_stream(tdir, prepared, name)
         if len(train) < seq_len + 2:
             raise DataError(f"source '{name}': {len(train)} training tokens, fewer than "
                             f"train.seq_len + 2 = {seq_len + 2}")
-        val, val_bytes = encode_split(tdir, prepared, name, "val", eval_tokens)
+        val = split_eval_set(tdir, prepared, name, "val", seq_len)
         ids = None
         if layout == "subvocab":
             ids = torch.tensor(tk.read_subvocab(tdir), dtype=torch.long)
         out[name] = SourceData(name, tdir, tk.load(tdir / "spm.model").get_piece_size(),
-                               train, eval_windows(val, seq_len), val_bytes, ids)
+                               train, val, ids)
     return out

@@ -25,7 +25,7 @@ from dept_core.config import Config
 from dept_core.model import build_model, get_bank, get_body, lr_at, nbytes
 from dept_core.rounds import RunOutcome
 from dept_core.sourcedata import SourceData
-from dept_core.trainer import evaluate_windows, local_train, make_optimizer
+from dept_core.trainer import evaluate_set, local_train, make_optimizer
 
 
 class StdRun:
@@ -33,12 +33,13 @@ class StdRun:
                  device: torch.device):
         t = cfg.train
         self.cfg, self.data, self.device = cfg, data, device
-        self.model = build_model(cfg.model, global_vocab, cfg.seed).to(device)
+        self.model = build_model(cfg.model, global_vocab, t.seed).to(device)
         self.opt = make_optimizer(self.model, t)
         self.batches = MixtureSampler({k: s.train for k, s in data.items()}, t.seq_len,
                                       t.sources_per_round * t.batch_size, t.std_temperature,
-                                      cfg.seed, "batches", "std-mixture")
+                                      t.seed, "batches", "std-mixture")
         self.ledger, self.history, self.done = CommLedger(), [], 0
+        self.source_names = list(data)
 
     # --- the run protocol -------------------------------------------------------------------
     def run_round(self) -> dict:
@@ -54,7 +55,7 @@ class StdRun:
                   "tokens_per_s": stats.tokens_per_s,
                   "comm": self.ledger.round_detail(rnd)}
         if rnd % t.eval_every == 0 or rnd == t.rounds:
-            record["val"] = {k: evaluate_windows(self.model, s.val, s.val_bytes, self.device)
+            record["val"] = {k: evaluate_set(self.model, s.val, self.device)
                              for k, s in self.data.items()}
         record["seconds"] = time.perf_counter() - start
         self.history.append(record)

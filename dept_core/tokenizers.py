@@ -140,6 +140,18 @@ def unigram_ce(train_counts: np.ndarray, eval_ids: list[list[int]]) -> float:
     return float(-np.log(probs[flat]).mean())
 
 
+def unigram_doc_losses(sp: spm.SentencePieceProcessor, train_texts: Sequence[str],
+                       eval_texts: Sequence[str], eos: int = 2) -> list[float]:
+    """Each evaluation document's loss (nats) under an add-one unigram model of the train
+    texts, counting the document-closing `eos` as the language models do (one per document):
+    the UNIGRAM-CE yardstick per document, comparable with a model's per-document loss."""
+    counts = token_counts(sp, train_texts).astype(np.float64)
+    counts[eos] += len(train_texts)
+    logp = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+    return [float(-(logp[np.asarray(ids, dtype=np.int64)].sum() + logp[eos]))
+            for ids in encode_docs(sp, eval_texts)]
+
+
 def text_stats(sp: spm.SentencePieceProcessor, train_counts: np.ndarray,
                texts: Sequence[str]) -> dict:
     """Fertility, bytes per token and unigram CE (nats/token and bits/byte) on `texts`."""

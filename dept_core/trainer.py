@@ -18,7 +18,8 @@ from torch import Tensor
 
 from dept_core.config import TrainConfig
 from dept_core.metrics import bits_per_byte, perplexity
-from dept_core.model import lm_loss
+from dept_core.batches import EvalSet
+from dept_core.model import lm_loss, token_nll
 
 
 class MetricsSink(Protocol):
@@ -110,20 +111,30 @@ def local_train(model, opt, batches: BatchSource, steps: int, first_step: int,
 
 
 @torch.no_grad()
-def evaluate_windows(model, windows: Tensor, n_bytes: int, device: torch.device,
-                     batch: int = 16) -> dict[str, float]:
-    """Loss (nats/token), perplexity and bits per UTF-8 byte over evaluation windows."""
+def evaluate_set(model, ev: EvalSet, device: torch.device, batch: int = 16,
+                 per_doc: bool = False) -> dict:
+    """Loss (nats/token), perplexity and bits per UTF-8 byte over an evaluation set; with
+    `per_doc`, also each document's summed loss, tokens and bytes (`docs`), the unit every
+    paired comparison and interval is built from (`dept_core.stats`)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(windows), batch):
+    doc_loss = torch.zeros(ev.n_docs, dtype=torch.float64)
+    doc_tokens = torch.zeros(ev.n_docs, dtype=torch.long)
+    for i in range(0, len(ev.windows), batch):
         with autocast_for(device):
-            loss, n = lm_loss(model, windows[i:i + batch].to(device))
-        total += float(loss)
-        count += n
+            nll = token_nll(model, ev.windows[i:i + batch].to(device))
+        owner = ev.doc_of[i:i + batch]
+        held = owner >= 0
+        doc_loss.index_add_(0, owner[held], nll.float().cpu()[held].double())
+        doc_tokens.index_add_(0, owner[held], torch.ones(int(held.sum()), dtype=torch.long))
     model.train(was_training)
-    return {"loss": total / max(count, 1), "ppl": perplexity(total, count),
-            "bpb": bits_per_byte(total, n_bytes), "tokens": count, "bytes": n_bytes}
+    total, count = float(doc_loss.sum()), int(doc_tokens.sum())
+    out = {"loss": total / max(count, 1), "ppl": perplexity(total, count),
+           "bpb": bits_per_byte(total, ev.n_bytes), "tokens": count, "bytes": ev.n_bytes}
+    if per_doc:
+        out["docs"] = {"loss": doc_loss.tolist(), "tokens": doc_tokens.tolist(),
+                       "bytes": list(ev.doc_bytes)}
+    return out
 
 
 def first_nonfinite(tensors: dict[str, Tensor]) -> str | None:

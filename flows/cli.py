@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.common import (add_backend_args, add_config_args, add_variant_arg, backend_overrides,
-                          run_stage)
+from flows.common import (add_backend_args, add_config_args, add_seed_arg, add_variant_arg,
+                          backend_overrides, run_stage)
 
 EPILOG = """\
 commands:
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Pre-train one variant: a DEPT variant (glob, trim, spec, "
                                    "spec_opt, ...) or a centralised baseline (std).")
     add_variant_arg(p)
+    add_seed_arg(p)
     add_backend_args(p)
     add_config_args(p)
     ev = sub.add_parser("evaluate", help="test splits, continued pre-training, plasticity, "
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "fine-tuning. `--variant random` evaluates the untrained "
                                     "body (the floor).")
     add_variant_arg(ev, reference=True)
+    add_seed_arg(ev)
     add_config_args(ev)
     return parser
 

@@ -42,6 +42,12 @@ def add_variant_arg(p: argparse.ArgumentParser, reference: bool = False) -> None
     p.add_argument("--variant", required=True, choices=choices)
 
 
+def add_seed_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="= --set train.seed=S: the training seed of this run (train.seeds "
+                        "lists the ones the pipeline runs)")
+
+
 def add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("inprocess", "torchrun"),
                    help="= --set train.backend=...: torchrun runs the rounds on ranks "
@@ -51,8 +57,9 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def backend_overrides(args: argparse.Namespace) -> None:
-    """`--backend` / `--nproc` are shorthands for `--set train.backend=...` etc."""
-    for key, flag in (("train.backend", "backend"), ("train.nproc_per_node", "nproc")):
+    """`--backend` / `--nproc` / `--seed` are shorthands for `--set train.backend=...` etc."""
+    for key, flag in (("train.backend", "backend"), ("train.nproc_per_node", "nproc"),
+                      ("train.seed", "seed")):
         if getattr(args, flag, None) is not None:
             args.overrides.append(f"{key}={getattr(args, flag)}")
 

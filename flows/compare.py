@@ -23,7 +23,7 @@ from tasks.tracking import check_tracking_uri, mlflow_run
 def compare_flow(params: str = "params.yaml", overrides: list[str] | None = None,
                  root: str | None = None, mlflow_run_id: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)
-    summary = compare_task(root_path, cfg.train.variants)
+    summary = compare_task(root_path, cfg)
     if mlflow_run_id is None:
         with mlflow_run(root_path, cfg, "compare", {"stage": "compare"}) as (client, run_id):
             log_comparison(client, run_id, root_path)

@@ -15,7 +15,8 @@ from prefect import flow
 from dept_core import layout
 from dept_core.errors import DataError
 from dept_core.variants import REFERENCE
-from flows.common import add_variant_arg, load, run_stage, stage_parser
+from flows.common import (add_seed_arg, add_variant_arg, backend_overrides, load, run_stage,
+                          stage_parser)
 from tasks.evaluate import evaluate_task
 from tasks.tracking import check_tracking_uri
 
@@ -25,7 +26,7 @@ def evaluate_flow(variant: str, params: str = "params.yaml",
                   overrides: list[str] | None = None, root: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)
     if variant != REFERENCE:
-        models = layout.models_dir(root_path, variant)
+        models = layout.models_dir(root_path, variant, cfg.train.seed)
         if not models.is_dir():
             raise DataError(f"{models}: missing — run `dept train --variant {variant}` first")
     return evaluate_task(cfg, variant, root_path)
@@ -34,7 +35,9 @@ def evaluate_flow(variant: str, params: str = "params.yaml",
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("python -m flows.evaluate", __doc__)
     add_variant_arg(p, reference=True)
+    add_seed_arg(p)
     args = p.parse_args(argv)
+    backend_overrides(args)
     return run_stage("evaluate", args,
                      lambda: evaluate_flow(args.variant, args.params, args.overrides),
                      check=check_tracking_uri)

@@ -31,11 +31,14 @@ def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = Non
     results = {}
     with mlflow_run(root_path, cfg, "pipeline", {"variants": ",".join(cfg.train.variants)}
                     ) as (client, parent_id):
-        for variant in cfg.train.variants:
-            results[variant] = pretrain_task(cfg, variant, root_path, parent_id)
-            evaluate_task(cfg, variant, root_path, parent_id)
-        if cfg.evaluate.reference:  # the untrained body: the floor of every comparison
-            evaluate_task(cfg, REFERENCE, root_path, parent_id)
+        for seed in cfg.train.seeds:  # every seed on the same data and tokenizers
+            run_cfg = cfg.with_train_seed(seed)
+            for variant in cfg.train.variants:
+                results[f"{variant}/seed-{seed}"] = pretrain_task(run_cfg, variant, root_path,
+                                                                  parent_id)
+                evaluate_task(run_cfg, variant, root_path, parent_id)
+            if cfg.evaluate.reference:  # the untrained body: the floor of every comparison
+                evaluate_task(run_cfg, REFERENCE, root_path, parent_id)
         compare_flow(params, overrides, str(root_path), mlflow_run_id=parent_id)
         log_comparison(client, parent_id, root_path)
     get_run_logger().info("done: %s", ", ".join(results))

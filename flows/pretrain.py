@@ -16,8 +16,8 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.common import (add_backend_args, add_variant_arg, backend_overrides, load,
-                          run_stage, stage_parser)
+from flows.common import (add_backend_args, add_seed_arg, add_variant_arg, backend_overrides,
+                          load, run_stage, stage_parser)
 from tasks.train import pretrain_task
 from tasks.tracking import check_tracking_uri
 
@@ -35,6 +35,7 @@ def pretrain_flow(variant: str, params: str = "params.yaml",
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("python -m flows.pretrain", __doc__)
     add_variant_arg(p)
+    add_seed_arg(p)
     add_backend_args(p)
     args = p.parse_args(argv)
     backend_overrides(args)

@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import task
 
 from dept_core import layout, report
+from dept_core.config import Config
 from dept_core.atomic import atomic_dir, write_json, write_text
 from dept_core.errors import DataError
 from dept_core.variants import REFERENCE
@@ -17,21 +18,32 @@ FILES = ("summary.md", "summary.json", "curves.csv", "bpb_per_round.csv", "comm_
          "plasticity.csv")
 
 
-@task(name="compare", **NO_CACHE)
-def compare_task(root: Path, variants: list[str]) -> dict:
-    """Read every variant's metrics (and evaluation, where present); write results/compare/."""
-    metrics = {}
+def read_results(root: Path, variants: list[str], seeds: list[int]
+                 ) -> tuple[dict, dict]:
+    """Every variant's pre-training metrics (required) and evaluation (where present), per
+    training seed; the untrained reference's evaluation too."""
+    metrics, evals = {}, {}
     for v in variants:
-        path = layout.pretrain_metrics(root, v)
-        if not path.is_file():
-            raise DataError(f"{path}: missing — run `dept train --variant {v}` first")
-        metrics[v] = json.loads(path.read_text())
-    evals = {}
+        for s in seeds:
+            path = layout.pretrain_metrics(root, v, s)
+            if not path.is_file():
+                raise DataError(f"{path}: missing — run `dept train --variant {v} --seed {s}` "
+                                f"first")
+            metrics.setdefault(v, {})[s] = json.loads(path.read_text())
     for v in [*variants, REFERENCE]:
-        path = layout.evaluate_metrics(root, v)
-        if path.is_file():
-            evals[v] = json.loads(path.read_text())
-    summary = report.comparison(metrics, evals)
+        for s in seeds:
+            path = layout.evaluate_metrics(root, v, s)
+            if path.is_file():
+                evals.setdefault(v, {})[s] = json.loads(path.read_text())
+    return metrics, evals
+
+
+@task(name="compare", **NO_CACHE)
+def compare_task(root: Path, cfg: Config) -> dict:
+    """Read every variant's results; write results/compare/ (summary, CSVs, plots)."""
+    metrics, evals = read_results(root, cfg.train.variants, cfg.train.seeds)
+    summary = report.comparison(metrics, evals, report.settings_of(cfg),
+                                cfg.evaluate.bootstrap)
     out = layout.compare_dir(root)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "plots") as tmp:

@@ -45,7 +45,7 @@ def evaluate_task(cfg: Config, variant: str, root: Path,
     with mlflow_run(root, cfg, f"evaluate-{variant}", {"variant": variant, "stage": "evaluate"},
                     parent_run_id) as (client, run_id):
         result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
-        path = layout.evaluate_metrics(root, variant)
+        path = layout.evaluate_metrics(root, variant, cfg.train.seed)
         write_json(path, result)
         sink = MlflowSink(client, run_id)
         sink.log(evaluation_metrics(result), step=0)

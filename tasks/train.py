@@ -37,9 +37,9 @@ def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | No
             metrics = _pretrain_torchrun(cfg, variant, root, sink, torchrun_args)
         else:  # a centralised run (STD) always runs in-process
             metrics = _pretrain(cfg, variant, root, sink)
-        client.log_artifact(run_id, str(layout.pretrain_metrics(root, variant)))
+        client.log_artifact(run_id, str(layout.pretrain_metrics(root, variant, cfg.train.seed)))
         client.log_artifact(run_id, str(layout.tokenizer_stats(root)))
-        client.log_artifacts(run_id, str(layout.models_dir(root, variant)), "models")
+        client.log_artifacts(run_id, str(layout.models_dir(root, variant, cfg.train.seed)), "models")
         summary = {"final/val_bpb_mean": metrics["final"]["val_bpb_mean"] or float("nan"),
                    "final/comm_bytes_total": metrics["comm"]["bytes_down_total"]
                    + metrics["comm"]["bytes_up_total"],
@@ -60,7 +60,8 @@ def _pretrain(cfg: Config, variant: str, root: Path, sink: MetricsSink) -> dict:
                disable=not sys.stderr.isatty(), leave=False)
 
     def on_round(record: dict) -> None:
-        log.info("%s %s", variant, round_line(record, cfg.train.rounds))
+        log.info("%s %s", variant, round_line(record, cfg.train.rounds,
+                                              cfg.data.train_sources))
         bar.n = record["round"]
         bar.set_postfix(tok_s=f"{record['tokens_per_s']:.0f}")
 
@@ -69,7 +70,7 @@ def _pretrain(cfg: Config, variant: str, root: Path, sink: MetricsSink) -> dict:
                                   on_round=on_round)
     finally:
         bar.close()
-    write_outputs(cfg, result, tok_root, layout.pretrain_dir(root, variant))
+    write_outputs(cfg, result, tok_root, layout.pretrain_dir(root, variant, cfg.train.seed))
     log.info("%s: mean val bits/byte %.4f, %.2f MB communicated", variant,
              result.metrics["final"]["val_bpb_mean"] or float("nan"),
              (result.metrics["comm"]["bytes_down_total"]
@@ -108,7 +109,7 @@ def _pretrain_torchrun(cfg: Config, variant: str, root: Path, sink: MetricsSink,
                 raise DeptError(user[-1].removeprefix("dept: error: "))
             raise RuntimeError(f"torchrun exited with status {proc.returncode}:\n"
                                + "\n".join(tail))
-    metrics = json.loads(layout.pretrain_metrics(root, variant).read_text())
+    metrics = json.loads(layout.pretrain_metrics(root, variant, cfg.train.seed).read_text())
     log.info("%s: mean val bits/byte %.4f on %d ranks", variant,
              metrics["final"]["val_bpb_mean"] or float("nan"), metrics["world_size"])
     return metrics

@@ -28,13 +28,13 @@ TINY = {
         {"name": "es", "kind": "embedded", "preset": "multilingual", "heldout": True},
     ]},
     "prepare": {"min_doc_chars": 100, "max_bytes_per_source": 200000,
-                "val_fraction": 0.1, "test_fraction": 0.1},
+                "val_bytes": 20000, "test_bytes": 20000},
     "tokenizers": {"global_vocab_size": 1000, "per_source_vocab_size": 400,
                    "sample_bytes_per_source": 100000, "character_coverage": 0.99,
                    "per_source_vocab_overrides": {"ja": 900}},
     "model": {"size": "tiny", "max_seq_len": 64},
     "train": {"rounds": 8, "sources_per_round": 3, "local_steps": 25, "batch_size": 32,
-              "seq_len": 64, "lr": 0.003, "warmup_steps": 10, "eval_tokens": 30000},
+              "seq_len": 64, "lr": 0.003, "warmup_steps": 10, "schedule": "random"},
 }
 
 

@@ -85,7 +85,7 @@ def _corrupt_checkpoint(root: Path) -> None:
 
 
 def _swap_tokenizer(root: Path) -> None:
-    models = root / "results/pretrain/spec/models"
+    models = root / "results/pretrain/spec/seed-0/models"
     shutil.copy(root / "data/tokenizers/global/spm.model", models / "en" / "spm.model")
 
 
@@ -132,6 +132,13 @@ CASES = {
                         "train.rounds: Input should be greater than 0 (got -3)"),
     "sources_per_round_above_sources": (_edit("train", "sources_per_round", 5), ["run"],
                                         "train.sources_per_round: 5 is more than the 3"),
+    "balanced_schedule_indivisible": (
+        _edit("train", "sources_per_round", 2), ["run"],
+        "train.schedule: balanced needs train.rounds × train.sources_per_round (2 × 2) "
+        "divisible by the 3 training sources"),
+    "test_split_larger_than_the_source": (
+        _edit("prepare", "test_bytes", 1_000_000), ["prepare"],
+        "source 'en': 0 bytes of training text left after prepare.test_bytes (1000000)"),
     "seq_len_above_model": (_edit("train", "seq_len", 4096), ["train", "--variant", "spec"],
                             "train.seq_len: 4096 exceeds model.max_seq_len 64"),
     "unknown_variant_in_params": (_edit("train", "variants", ["glob", "fedavg"]), ["run"],

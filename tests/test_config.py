@@ -24,8 +24,8 @@ def test_unknown_top_level_key(tiny_raw):
 
 
 def test_unknown_nested_key(tiny_raw):
-    raw = _raw(tiny_raw, prepare={"val_fraction": 0.1, "val_fractoin": 0.2})
-    with pytest.raises(ConfigError, match=r"prepare\.val_fractoin: unknown key"):
+    raw = _raw(tiny_raw, prepare={"val_bytes": 1000, "val_bytse": 2000})
+    with pytest.raises(ConfigError, match=r"prepare\.val_bytse: unknown key"):
         validate(raw)
 
 
@@ -36,8 +36,8 @@ def test_wrong_type_names_key_and_value(tiny_raw):
 
 
 def test_out_of_range(tiny_raw):
-    raw = _raw(tiny_raw, prepare={"val_fraction": 0.7})
-    with pytest.raises(ConfigError, match=r"prepare\.val_fraction: .*less than 0\.5.*0\.7"):
+    raw = _raw(tiny_raw, prepare={"val_bytes": -7})
+    with pytest.raises(ConfigError, match=r"prepare\.val_bytes: .*greater than 0.*-7"):
         validate(raw)
 
 

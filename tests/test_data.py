@@ -20,7 +20,9 @@ def real_docs(n=12, item="en"):
 
 def files_cfg(paths, **extra):
     src = {"name": "mine", "kind": "files", "paths": paths, **extra}
-    return validate({"data": {"sources": [src]}, "prepare": {"min_doc_chars": 20}})
+    return validate({"data": {"sources": [src]},
+                     "prepare": {"min_doc_chars": 20, "val_bytes": 2000, "test_bytes": 2000,
+                                 "min_train_bytes": 100}})
 
 
 def test_normalise_nfc_controls_newlines():
@@ -34,14 +36,29 @@ def test_clean_drops_short_and_duplicate_documents():
 
 
 def test_split_is_deterministic_disjoint_and_seeded():
-    docs = clean_documents([(str(i), f"document number {i} " * 3) for i in range(40)], 1)
-    a = split_documents(docs, 0, 0.1, 0.1)
-    b = split_documents(list(reversed(docs)), 0, 0.1, 0.1)
+    # 40 documents of 60 bytes ("document number 7 " × 3 is 54 + ...): sizes in bytes
+    docs = clean_documents([(str(i), f"document number {i:02d} " * 3) for i in range(40)], 1)
+    size = len(docs[0].text.encode())
+    a = split_documents(docs, 0, val_bytes=3 * size, test_bytes=4 * size - 1)
+    b = split_documents(list(reversed(docs)), 0, val_bytes=3 * size, test_bytes=4 * size - 1)
     assert a == b  # order of reading does not matter
-    assert [len(a[s]) for s in ("train", "val", "test")] == [32, 4, 4]
+    # whole documents until the size is reached: 4 for test (4·size − 1 needs a 4th), 3 for val
+    assert [len(a[s]) for s in ("train", "val", "test")] == [33, 3, 4]
     ids = [d.id for s in a.values() for d in s]
     assert sorted(ids) == sorted(d.id for d in docs)
-    assert split_documents(docs, 1, 0.1, 0.1)["test"] != a["test"]
+    assert split_documents(docs, 1, 3 * size, 4 * size)["test"] != a["test"]
+    # at least one document each, however small the size asked for
+    tiny = split_documents(docs, 0, val_bytes=1, test_bytes=1)
+    assert [len(tiny[s]) for s in ("train", "val", "test")] == [38, 1, 1]
+
+
+def test_a_source_left_with_too_little_training_text_is_an_error(tmp_path, tiny_raw):
+    raw = json.loads(json.dumps(tiny_raw))
+    raw["prepare"].update(test_bytes=150000, val_bytes=40000)   # of 200 KB read
+    with pytest.raises(DataError, match=r"source 'en': \d+ bytes of training text left after "
+                                        r"prepare.test_bytes \(150000\) and prepare.val_bytes "
+                                        r"\(40000\)"):
+        prepare(validate(raw), tmp_path)
 
 
 def test_prepared_layout_and_manifest(prepared_root, tiny_cfg):

@@ -79,7 +79,8 @@ def test_serve_registers_schedule_and_a_triggered_run_completes(prefect_api, tmp
                              capture_output=True, text=True, timeout=450)
         assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
         summary = json.loads((tmp_path / "results/compare/summary.json").read_text())
-        assert set(summary["variants"]) == {"glob", "trim", "spec", "spec_opt", "std"}
+        assert set(summary["pretraining"]["variants"]) == {"glob", "trim", "spec", "spec_opt",
+                                                           "std"}
     finally:
         os.killpg(serve.pid, signal.SIGINT)
         try:

@@ -31,7 +31,7 @@ from dept_core.run import train_variant
 
 RTOL_METRIC = 1e-5
 ATOL_WEIGHT = 2e-3
-SHORT = dict(rounds=3, local_steps=4, batch_size=8, warmup_steps=2, eval_tokens=4096)
+SHORT = dict(rounds=3, local_steps=4, batch_size=8, warmup_steps=2)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -330,7 +330,7 @@ def test_pretrain_flow_option_trains_through_torchrun(tokenized_root, tiny_raw, 
         (tokenized_root / TOKENIZERS / "stats.json").read_bytes())
     metrics = pretrain_flow(variant="spec", root=str(root), backend="torchrun")
     assert metrics["backend"] == "torchrun" and metrics["world_size"] == 2
-    assert {p.name for p in (root / "results/pretrain/spec/models").iterdir()} == \
+    assert {p.name for p in (root / "results/pretrain/spec/seed-0/models").iterdir()} == \
         {"en", "de", "ja"}
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("dept").experiment_id])

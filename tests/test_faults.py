@@ -27,7 +27,7 @@ TIMING = {"seconds", "tokens_per_s", "wall_seconds"}
 CHAIN = [
     ("commit:prepared", "prepare killed before its rename: no data/prepared yet"),
     ("spm:global", "tokenizers killed while training: no data/tokenizers yet"),
-    ("source-trained@3", "glob killed mid-round 2: its round-1 checkpoint is the latest"),
+    ("source-trained@5", "glob killed mid-round 2 (3 sources a round): round 1 is latest"),
     ("checkpoint-write@2", "killed between a checkpoint's tensors and its pointer"),
     ("mlflow-log@4", "killed while sending a round's metrics to MLflow"),
 ]
@@ -111,7 +111,7 @@ def chain(tmp_path_factory, cli_env):
         if point == "spm:global":
             assert (root / "data/prepared/manifest.json").is_file()
             assert not (root / "data/tokenizers").exists()
-        if point == "source-trained@3":
+        if point == "source-trained@5":
             (glob_ckpt,) = (root / "checkpoints").glob("glob-*")
             assert json.loads((glob_ckpt / "latest.json").read_text()) == {"round": 1}
     final = dept_cli(["run"], root, cli_env)
@@ -131,7 +131,7 @@ def test_resumed_outputs_equal_an_uninterrupted_run(chain, reference_run):
     for key in want:
         assert got[key] == want[key], key
     for variant in CLI_VARIANTS:
-        assert (root / f"results/pretrain/{variant}/metrics.json").is_file()
+        assert (root / f"results/pretrain/{variant}/seed-0/metrics.json").is_file()
 
 
 def test_no_temporary_or_partial_file_is_left(chain):

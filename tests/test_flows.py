@@ -68,14 +68,15 @@ def test_stage_outputs(project):
     assert all(e["vocab_size"] < stats["global"]["vocab_size"]
                for e in stats["subvocab"].values())
     for variant in ("glob", "trim", "spec", "spec_opt", "std"):
-        m = json.loads((project / f"results/pretrain/{variant}/metrics.json").read_text())
+        m = json.loads((project / f"results/pretrain/{variant}/seed-0/metrics.json").read_text())
         for key in ("rounds", "sources", "body_params", "embedding_params", "comm"):
             assert key in m
         for key in ("bytes_down_total", "bytes_up_total", "components", "per_round"):
             assert key in m["comm"]
         assert len(m["comm"]["per_round"]) == m["rounds"] == 2
+        assert m["participation"] == {"en": 2, "de": 2, "ja": 2}  # balanced: every round
     for variant in ("glob", "std", "spec"):
-        ev = json.loads((project / f"results/evaluate/{variant}/metrics.json").read_text())
+        ev = json.loads((project / f"results/evaluate/{variant}/seed-0/metrics.json").read_text())
         trained = ev["as_trained"]
         assert trained["in_distribution"] and trained["in_distribution_bpb_mean"] > 0
         assert set(trained["out_of_distribution"]) == (set() if variant == "spec" else {"es"})
@@ -87,15 +88,19 @@ def test_stage_outputs(project):
         assert set(fresh["in_distribution"]) == {"en", "de", "ja"}
         assert set(fresh["out_of_distribution"]) == {"es"}
         assert [p["step"] for p in ev["plasticity"]["curves"]["es"]] == [0, 5, 10]
+        docs = fresh["in_distribution"]["en"]["docs"]   # per-document losses: paired intervals
+        assert len(docs["loss"]) == len(docs["bytes"]) == len(
+            (project / "data/prepared/en/test.jsonl").read_text().splitlines())
         assert ev["downstream"]["n_test"] > 0 and set(ev["downstream"]["accuracy_per_language"]) \
             == {"en", "de", "ja", "es"}
-    ref = json.loads((project / "results/evaluate/random/metrics.json").read_text())
+    ref = json.loads((project / "results/evaluate/random/seed-0/metrics.json").read_text())
     assert "as_trained" not in ref and ref["downstream"]["accuracy"] >= 0
     summary = (project / "results/compare/summary.md").read_text()
-    assert summary.startswith("## Pre-training") and "| std |" in summary
-    for heading in ("## Test bits/byte per source", "## Plasticity", "## Downstream",
-                    "## Verdict"):
+    assert summary.startswith("# DEPT comparison") and "| std |" in summary
+    for heading in ("## Verdict", "## Test bits/byte with 95 % intervals",
+                    "### Per source", "## Plasticity", "## Downstream", "## Pre-training"):
         assert heading in summary
+    assert "not distinguishable" in summary or " better" in summary or " worse" in summary
     data = json.loads((project / "results/compare/summary.json").read_text())
     assert set(data["evaluation"]["downstream"]) == {"std", "glob", "trim", "spec", "spec_opt",
                                                      "random"}
@@ -103,9 +108,9 @@ def test_stage_outputs(project):
     assert plast[0] == "step,variant,value"
     assert [r.split(",")[1] for r in plast[1::3]] == ["std", "glob", "trim", "spec", "spec_opt",
                                                       "random"]
-    models = project / "results/pretrain/spec/models"
+    models = project / "results/pretrain/spec/seed-0/models"
     assert {p.name for p in models.iterdir()} <= {"en", "de", "ja"}
-    assert (project / "results/pretrain/std/models/global/model.safetensors").is_file()
+    assert (project / "results/pretrain/std/seed-0/models/global/model.safetensors").is_file()
 
 
 def test_flow_failure_keeps_previous_outputs(project):

@@ -56,17 +56,22 @@ class Uniform(torch.nn.Module):
                                 + 0 * self.w})()
 
 
-def test_evaluate_windows_by_hand():
-    from dept_core.batches import eval_windows
-    from dept_core.trainer import evaluate_windows
+def test_evaluate_set_by_hand():
+    from dept_core.batches import eval_set
+    from dept_core.trainer import evaluate_set
 
-    stream = torch.arange(11) % 7           # 10 predicted tokens
-    out = evaluate_windows(Uniform(8), eval_windows(stream, 4), n_bytes=20,
-                           device=torch.device("cpu"))
-    assert out["tokens"] == 10
+    # two documents of 4 and 5 tokens: the stream [eos] d1 [eos] d2 [eos] predicts 5 + 6
+    # tokens (each document's own and the eos closing it), in windows of 4 that straddle them
+    docs = [[5, 6, 7, 4], [3, 4, 5, 6, 7]]
+    ev = eval_set(docs, ["abcdefgh", "ijklmnopqrstuvwx"], seq_len=4)  # 8 and 16 bytes
+    assert ev.doc_of.tolist() == [[0, 0, 0, 0], [0, 1, 1, 1], [1, 1, 1, -1]]
+    out = evaluate_set(Uniform(8), ev, device=torch.device("cpu"), per_doc=True)
+    assert out["tokens"] == 11 and out["bytes"] == 24
     assert out["loss"] == pytest.approx(math.log(8))
     assert out["ppl"] == pytest.approx(8.0)
-    assert out["bpb"] == pytest.approx(10 * 3 / 20)  # 10 tokens × 3 bits / 20 bytes
+    assert out["bpb"] == pytest.approx(11 * 3 / 24)  # 11 tokens × 3 bits / 24 bytes
+    assert out["docs"]["tokens"] == [5, 6] and out["docs"]["bytes"] == [8, 16]
+    assert out["docs"]["loss"] == pytest.approx([5 * math.log(8), 6 * math.log(8)])
 
 
 def test_downstream_task_file_errors_name_file_and_line(tmp_path):

@@ -26,9 +26,10 @@ def test_the_checker_catches_a_module_missing_from_a_stage(tmp_path):
     """The `reference` stage as it was before the dependency lists were derived: it ran the
     model, the inner loop and the batch code without depending on them."""
     raw = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    raw["stages"]["reference"]["deps"] = [
-        d for d in raw["stages"]["reference"]["deps"]
-        if d not in ("dept_core/model.py", "dept_core/trainer.py", "dept_core/batches.py")]
+    stage = raw["stages"]["reference"].get("do", raw["stages"]["reference"])
+    stage["deps"] = [d for d in stage["deps"]
+                     if d not in ("dept_core/model.py", "dept_core/trainer.py",
+                                  "dept_core/batches.py")]
     bad = tmp_path / "dvc.yaml"
     bad.write_text(yaml.safe_dump(raw))
     drift = stage_deps.drift(bad)

@@ -9,7 +9,7 @@ from dept_core.config import validate
 from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.rounds import NonFiniteUpdate
 from dept_core.run import export_all, train_variant
-from dept_core.trainer import evaluate_windows
+from dept_core.trainer import evaluate_set
 
 DEPT = ("glob", "trim", "spec", "spec_opt")
 
@@ -87,7 +87,7 @@ def test_exported_model_reproduces_the_reported_validation_loss(trained, tokeniz
     out = export_all(tiny_cfg, result, tokenized_root / TOKENIZERS, tmp_path)
     src = out[0].name
     model = AutoModelForCausalLM.from_pretrained(str(out[0]), local_files_only=True)
-    got = evaluate_windows(model, data[src].val, data[src].val_bytes, torch.device("cpu"))
+    got = evaluate_set(model, data[src].val, torch.device("cpu"))
     assert got["loss"] == pytest.approx(result.metrics["final"]["val"][src]["loss"], rel=1e-5)
 
 

@@ -42,7 +42,8 @@ def test_registering_a_variant_is_all_the_pipeline_needs(throwaway, tiny_raw, tm
         assert args.variant == "spec_full"
     # the config
     raw = json.loads(json.dumps(tiny_raw))
-    raw["train"].update(variants=["glob", "spec_full"], rounds=1, local_steps=2, batch_size=4)
+    raw["train"].update(variants=["glob", "spec_full"], seeds=[0], rounds=1, local_steps=2,
+                        batch_size=4)
     cfg = validate(raw)
     assert cfg.train.variants == ["glob", "spec_full"]
     # the DVC stages (foreach over train.variants in params.yaml)
@@ -55,7 +56,7 @@ def test_registering_a_variant_is_all_the_pipeline_needs(throwaway, tiny_raw, tm
     dvc = str(Path(sys.executable).parent / "dvc")
     listed = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=tmp_path,
                             capture_output=True, text=True, check=True).stdout.split()
-    assert {"pretrain@spec_full", "evaluate@spec_full"} <= set(listed)
+    assert {"pretrain@spec_full-0", "evaluate@spec_full-0"} <= set(listed)
     # and it trains: one round, with the policy and tokenizer layout it declared
     result, _ = train_variant(cfg, "spec_full", tokenized_root / PREPARED,
                               tokenized_root / TOKENIZERS, None)
