@@ -217,6 +217,9 @@ class TrainConfig(Section):
     std_temperature: float = Field(
         0.0, ge=0, le=1, description="STD samples source k with p ∝ n_k^τ: 0 = uniform (the "
         "same tokens per source as DEPT's balanced schedule); the paper uses 0.3")
+    act_every: int = Field(
+        50, gt=0, description="ACT: re-initialise the token embeddings after every K-th "
+        "step (K, 2K, ... before the last step; Chen et al. use K=1000 of 125 k steps)")
     eval_every: int = Field(1, gt=0, description="validate every this many rounds")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_keep: int = Field(2, gt=0, description="finished-round checkpoints kept")

@@ -82,7 +82,8 @@ def build_run(cfg: Config, variant: str, data: dict[str, SourceData], global_voc
         if exchange is not LOCAL:
             raise DeptError(f"variant {variant} (centralised training) runs in-process only; "
                             f"use train.backend=inprocess for it")
-        return StdRun(cfg, data, global_vocab, device)
+        return StdRun(cfg, data, global_vocab, device,
+                      forget_every=cfg.train.act_every if spec.forgets_embeddings else None)
     return DeptRun(cfg, spec, data, global_vocab, device, exchange, sources)
 
 

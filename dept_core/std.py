@@ -9,6 +9,16 @@ receives every parameter once per step (Table 1: O(M) per step).
 
 `StdRun` implements the run protocol of `dept_core.run`; a "round" is `local_steps` steps,
 so its curves line up with the DEPT runs' rounds.
+
+**ACT** (active forgetting; Chen et al., "Improving Language Plasticity via Pretraining with
+Active Forgetting", NeurIPS 2023 — the baseline DEPT's §5 compares plasticity against) is the
+same run with `forget_every=K`: after every K-th optimiser step (K, 2K, ...) the token
+embeddings are re-initialised. Interpretations (beyond what the DEPT paper specifies): the
+fresh rows are drawn like every fresh embedding here (N(0, 0.02), seeded by the training seed
+and the step, so a resumed run re-draws exactly the same rows); their AdamW moments are reset
+with them; with tied embeddings the output projection is the same matrix and is reset too, an
+untied head is reset alike, learned positions (GPT-2) are kept; no reset happens at the very
+last step, so the exported model is never a just-forgotten one.
 """
 
 from __future__ import annotations
@@ -22,17 +32,19 @@ from dept_core import checkpoint as ck
 from dept_core.batches import MixtureSampler
 from dept_core.comm import CommLedger
 from dept_core.config import Config
-from dept_core.model import build_model, get_bank, get_body, lr_at, nbytes
+from dept_core.batches import derived_seed
+from dept_core.model import build_model, get_bank, get_body, init_bank, lr_at, nbytes
 from dept_core.rounds import RunOutcome
 from dept_core.sourcedata import SourceData
-from dept_core.trainer import evaluate_set, local_train, make_optimizer
+from dept_core.trainer import LocalStats, evaluate_set, local_train, make_optimizer
 
 
 class StdRun:
     def __init__(self, cfg: Config, data: dict[str, SourceData], global_vocab: int,
-                 device: torch.device):
+                 device: torch.device, forget_every: int | None = None):
         t = cfg.train
         self.cfg, self.data, self.device = cfg, data, device
+        self.forget_every = forget_every
         self.model = build_model(cfg.model, global_vocab, t.seed).to(device)
         self.opt = make_optimizer(self.model, t)
         self.batches = MixtureSampler({k: s.train for k, s in data.items()}, t.seq_len,
@@ -45,10 +57,18 @@ class StdRun:
     def run_round(self) -> dict:
         t, rnd, start = self.cfg.train, self.done + 1, time.perf_counter()
         total = t.rounds * t.local_steps
-        stats = local_train(
-            self.model, self.opt, self.batches, t.local_steps, (rnd - 1) * t.local_steps,
-            lambda s: lr_at(s, total, t.lr, t.warmup_steps, t.min_lr_ratio), t.grad_clip,
-            self.device)
+        first, chunks = (rnd - 1) * t.local_steps, []
+        for a, b in self._chunks(first, first + t.local_steps, total):
+            chunks.append(local_train(
+                self.model, self.opt, self.batches, b - a, a,
+                lambda s: lr_at(s, total, t.lr, t.warmup_steps, t.min_lr_ratio), t.grad_clip,
+                self.device))
+            if self.forget_every and b % self.forget_every == 0 and b < total:
+                forget_embeddings(self.model, self.opt, self.cfg, b)
+        stats = LocalStats(
+            sum(c.loss * c.tokens for c in chunks) / max(sum(c.tokens for c in chunks), 1),
+            sum(c.tokens for c in chunks), sum(c.seconds for c in chunks),
+            [x for c in chunks for x in c.step_losses])
         self._account(rnd)
         record = {"round": rnd, "sources": list(self.data),
                   "train_loss": {"mixture": stats.loss}, "tokens": stats.tokens,
@@ -61,6 +81,14 @@ class StdRun:
         self.history.append(record)
         self.done = rnd
         return record
+
+    def _chunks(self, start: int, end: int, total: int) -> list[tuple[int, int]]:
+        """[start, end) in steps, cut after every multiple of forget_every (ACT)."""
+        if not self.forget_every:
+            return [(start, end)]
+        cuts = [s for s in range(start + 1, end) if s % self.forget_every == 0]
+        edges = [start, *cuts, end]
+        return list(zip(edges, edges[1:]))
 
     def save(self, ckpt_dir: Path, keep: int) -> None:
         flat, groups = ck.optimizer_to_tensors(self.opt.state_dict())
@@ -103,3 +131,19 @@ class StdRun:
                 for direction in ("down", "up"):
                     self.ledger.add(rnd, f"worker{w}", direction, comp,
                                     n * self.cfg.train.local_steps)
+
+
+@torch.no_grad()
+def forget_embeddings(model, opt: torch.optim.Optimizer, cfg: Config, step: int) -> None:
+    """ACT after optimiser step `step`: fresh token embeddings (and an untied output head),
+    seeded by (training seed, step); their optimiser state is dropped (AdamW starts it anew)."""
+    gen = torch.Generator().manual_seed(derived_seed(cfg.train.seed, "act", str(step)))
+    vocab = model.get_input_embeddings().weight.shape[0]
+    fresh = init_bank(cfg.model, vocab, gen)
+    params = [("tok", model.get_input_embeddings().weight)]
+    head = model.get_output_embeddings().weight
+    if head is not params[0][1]:
+        params.append(("head", head))
+    for key, p in params:
+        p.copy_(fresh[key].to(device=p.device, dtype=p.dtype))
+        opt.state.pop(p, None)

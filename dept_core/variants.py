@@ -34,6 +34,9 @@ class Variant:
     policy: str | None = None
     #: the policy keeps no bank at the server (SPEC, SPEC-OPT): no global embedding exists
     local_banks_only: bool = False
+    #: a centralised run whose token embeddings are re-initialised every `train.act_every`
+    #: steps (active forgetting, ACT)
+    forgets_embeddings: bool = False
 
     @property
     def centralised(self) -> bool:
@@ -58,6 +61,8 @@ def register(variant: Variant) -> Variant:
         raise ValueError(f"variant name '{variant.name}': use lower-case letters, digits, _")
     if variant.centralised and variant.local_banks_only:
         raise ValueError(f"variant '{variant.name}': a centralised run has a global bank")
+    if variant.forgets_embeddings and not variant.centralised:
+        raise ValueError(f"variant '{variant.name}': active forgetting is for centralised runs")
     REGISTRY[variant.name] = variant
     return variant
 
@@ -105,3 +110,8 @@ register(Variant("spec_opt", "SPEC-OPT: SPEC with a tokenizer of the source's ow
                  tokenizer="own", policy="spec", local_banks_only=True))
 register(Variant("std", "STD: centralised training on the mixture (the baseline)",
                  tokenizer="global"))
+# Beyond the paper's own variants: the baseline it compares plasticity against (paper §5,
+# "active forgetting", Chen et al., NeurIPS 2023): STD whose token embeddings are
+# re-initialised every K = `train.act_every` steps.
+register(Variant("act", "ACT: STD with its token embeddings re-initialised every K steps "
+                 "(active forgetting)", tokenizer="global", forgets_embeddings=True))

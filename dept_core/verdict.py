@@ -72,7 +72,7 @@ def _vs_std(ev: dict) -> list[str]:
         parts = [f"{v} " + ", ".join(f"{word} ({', '.join(where)})"
                                      for word, where in words.items())
                  for v, words in tally.items()]
-        out.append("In short, each DEPT variant against STD: " + "; ".join(parts) + ".")
+        out.append("In short, each variant against STD: " + "; ".join(parts) + ".")
     return out
 
 

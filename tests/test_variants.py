@@ -70,7 +70,7 @@ def test_unknown_variants_are_config_errors_naming_the_known_ones(tiny_raw):
     raw = json.loads(json.dumps(tiny_raw))
     raw["train"]["variants"] = ["glob", "globb"]
     with pytest.raises(ConfigError, match=r"train.variants: unknown variant 'globb' \(known: "
-                                          r"glob, trim, spec, spec_opt, std\)"):
+                                          r"glob, trim, spec, spec_opt, std, act\)"):
         validate(raw)
     raw["train"]["variants"] = ["spec"]
     raw["evaluate"] = {"cpt_from_pretrained": ["spec"]}
