@@ -54,3 +54,21 @@ def checkpoint_dir(root: Path, variant: str, key: str) -> Path:
     """checkpoints/<variant>-<run key>/: a run resumes only from a checkpoint of its own
     configuration and data (`dept_core.run.run_key`)."""
     return Path(root) / CHECKPOINTS / f"{variant}-{key}"
+
+
+def study_dir(root: Path, name: str) -> Path:
+    """studies/<name>/: the cells (one project directory each) and their shared data."""
+    return Path(root) / "studies" / name
+
+
+def study_cell(root: Path, name: str, cell_id: str) -> Path:
+    return study_dir(root, name) / "cells" / cell_id
+
+
+def study_data(root: Path, name: str, data_key: str) -> Path:
+    """Prepared data and tokenizers shared by the cells whose data sections agree."""
+    return study_dir(root, name) / "data" / data_key
+
+
+def study_report(root: Path, name: str) -> Path:
+    return Path(root) / RESULTS / "study" / name

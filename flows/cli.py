@@ -14,6 +14,7 @@ from flows.common import (add_backend_args, add_config_args, add_seed_arg, add_v
 EPILOG = """\
 commands:
   run          all of the below for every variant in train.variants (one MLflow parent run)
+  study        a grid of configurations × seeds through the pipeline, reported together
 
 stages (each also a DVC stage; `dvc repro` runs them in order):
   prepare      read, clean, de-duplicate and split the sources  -> data/prepared/
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="the variants side by side (table, plots)",
         description="Summarise results/pretrain/*/metrics.json into results/compare/ and "
                     "print the table."))
+    sd = sub.add_parser("study", help="a grid of configurations × seeds, reported together",
+                        description="Run every cell of a study file (dept_core/study.py) "
+                                    "through the pipeline; finished cells are skipped; report "
+                                    "in results/study/<name>/.")
+    sd.add_argument("--study", required=True, help="study file, e.g. configs/study-cpu.yaml")
     ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1",
                         description="Serve the project's MLflow store (mlflow.db) on 127.0.0.1.")
     ui.add_argument("--port", type=int, default=5000)
@@ -130,6 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "ui":
         return _ui(args.port)
+    if args.command == "study":
+        from flows.study import main as study_main
+
+        code = study_main(["--study", args.study])
+        if code:
+            raise SystemExit(code)
+        return None
     backend_overrides(args)
     check = None
     if args.command in ("run", "train", "serve", "evaluate", "compare"):

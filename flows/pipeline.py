@@ -24,20 +24,28 @@ from tasks.train import pretrain_task
 
 @flow(name="dept_pipeline")
 def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = None,
-                  root: str | None = None) -> dict:
+                  root: str | None = None, parent_run_id: str | None = None,
+                  data_ready: bool = False, run_name: str = "pipeline",
+                  evaluate: bool = True) -> dict:
+    """`data_ready`: data/prepared and data/tokenizers are in place (a study's cell shares
+    them); `parent_run_id`: the MLflow run this execution nests under (a study's);
+    `evaluate=False`: pre-training only (a study evaluates only the tuning points it chose
+    on validation)."""
     cfg, root_path = load(params, overrides, root)
-    prepare_flow(params, overrides, str(root_path))
-    tokenizers_flow(params, overrides, str(root_path))
+    if not data_ready:
+        prepare_flow(params, overrides, str(root_path))
+        tokenizers_flow(params, overrides, str(root_path))
     results = {}
-    with mlflow_run(root_path, cfg, "pipeline", {"variants": ",".join(cfg.train.variants)}
-                    ) as (client, parent_id):
+    with mlflow_run(root_path, cfg, run_name, {"variants": ",".join(cfg.train.variants)},
+                    parent_run_id) as (client, parent_id):
         for seed in cfg.train.seeds:  # every seed on the same data and tokenizers
             run_cfg = cfg.with_train_seed(seed)
             for variant in cfg.train.variants:
                 results[f"{variant}/seed-{seed}"] = pretrain_task(run_cfg, variant, root_path,
                                                                   parent_id)
-                evaluate_task(run_cfg, variant, root_path, parent_id)
-            if cfg.evaluate.reference:  # the untrained body: the floor of every comparison
+                if evaluate:
+                    evaluate_task(run_cfg, variant, root_path, parent_id)
+            if evaluate and cfg.evaluate.reference:  # the untrained body: the floor of every comparison
                 evaluate_task(run_cfg, REFERENCE, root_path, parent_id)
         compare_flow(params, overrides, str(root_path), mlflow_run_id=parent_id)
         log_comparison(client, parent_id, root_path)

@@ -152,14 +152,7 @@ def close_crashed_runs(client, exp_id: str, key: str, new_run_id: str) -> list[s
     return closed
 
 
-@contextmanager
-def mlflow_run(root: Path, cfg: Config, name: str, tags: dict[str, str],
-               parent_run_id: str | None = None) -> Iterator[tuple[object, str]]:
-    """Start a run (child of `parent_run_id` if given); always end it, FAILED on error.
-
-    A run of the same name, config and data that a crashed process left RUNNING is marked
-    KILLED and tagged `dept.continued_by` with this run's id (the new run re-logs the work
-    the crashed one had finished: a resumed training re-logs its finished rounds)."""
+def _client_and_experiment(root: Path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(root))
@@ -172,6 +165,44 @@ def mlflow_run(root: Path, cfg: Config, name: str, tags: dict[str, str],
         uri = tracking_uri(root)
         raise DeptError(f"MLflow tracking URI {redact(uri)!r} is unusable: "
                         f"{first.replace(uri, redact(uri))}") from None
+    return client, exp_id
+
+
+@contextmanager
+def study_run(root: Path, name: str, key: str, params: dict[str, str]
+              ) -> Iterator[tuple[object, str]]:
+    """The parent run of a study: one per study definition (tag `dept.study` = `key`), reused
+    when the study is invoked again (a killed study continues under the same parent)."""
+    from mlflow.entities import Param
+
+    client, exp_id = _client_and_experiment(root)
+    found = client.search_runs([exp_id], f"tags.`dept.study` = '{key}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(exp_id, run_name=f"study-{name}", tags={
+            "dept.study": key, "stage": "study", "git_commit": _git_commit(root)}).info.run_id
+        batch = [Param(k, v[:500]) for k, v in params.items()]
+        for i in range(0, len(batch), 90):
+            client.log_batch(run_id, params=batch[i:i + 90])
+    status = "FAILED"
+    try:
+        yield client, run_id
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+
+
+@contextmanager
+def mlflow_run(root: Path, cfg: Config, name: str, tags: dict[str, str],
+               parent_run_id: str | None = None) -> Iterator[tuple[object, str]]:
+    """Start a run (child of `parent_run_id` if given); always end it, FAILED on error.
+
+    A run of the same name, config and data that a crashed process left RUNNING is marked
+    KILLED and tagged `dept.continued_by` with this run's id (the new run re-logs the work
+    the crashed one had finished: a resumed training re-logs its finished rounds)."""
+    client, exp_id = _client_and_experiment(root)
     key = run_key_tag(name, cfg, root)
     all_tags = {"git_commit": _git_commit(root), "dvc_data_digest": data_digest(root),
                 "dept.key": key, "dept.process": _process_id(), **tags}

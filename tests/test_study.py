@@ -1,0 +1,179 @@
+"""`dept study`: a 2 × 2 grid (budget × inner lr) × 2 seeds on the smoke config, through the
+real pipeline (Prefect subflows, MLflow, the tiny model), uninterrupted and killed mid-study.
+Plus the tuning protocol on hand-built numbers: choices read validation only."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dept_core import layout
+from dept_core import study as st
+from tests.conftest import cli_params, dept_cli, write_params
+
+STUDY = {"name": "smoke", "grid": {"train.rounds": [1, 2]}, "budget": ["train.rounds"],
+         "tune": {"train.lr": [0.003, 0.006]}, "seeds": [0, 1], "bootstrap": 200}
+CELLS = 4
+
+
+def _project(root: Path) -> Path:
+    raw = cli_params()
+    raw["train"]["variants"] = ["spec", "std"]
+    raw["evaluate"] = {"plasticity_steps": 4, "plasticity_eval_every": 2,
+                       "downstream": {"languages": ["en", "de", "ja", "es"], "steps": 4,
+                                      "max_len": 64}}
+    write_params(root, raw)
+    (root / "study.yaml").write_text(yaml.safe_dump(STUDY), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cli_env):
+    root = _project(tmp_path_factory.mktemp("study"))
+    proc = dept_cli(["study", "--study", "study.yaml"], root, cli_env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def killed_then_continued(tmp_path_factory, cli_env):
+    """kill -9 in the third cell (SPEC, seed 0, mid-round 2), then the same command."""
+    root = _project(tmp_path_factory.mktemp("study-killed"))
+    # cells 1-2: 1 round × 3 sources × 2 seeds = 6 SPEC source steps each; cell 3: round 1
+    # of seed 0 is points 13-15; point 17 is mid-round 2
+    env = {**cli_env, "DEPT_FAULT_KILL_AT": "source-trained@17"}
+    proc = dept_cli(["study", "--study", "study.yaml"], root, env, timeout=1800)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    done = sorted(p.parent.name for p in (root / "studies/smoke/cells").glob("*/done.json"))
+    assert len(done) == 2  # two cells finished before the kill
+    proc = dept_cli(["study", "--study", "study.yaml"], root, cli_env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc
+
+
+def _summary(root: Path) -> dict:
+    return json.loads((layout.study_report(root, "smoke") / "summary.json").read_text())
+
+
+def test_the_report_has_every_variant_at_every_budget_with_intervals(uninterrupted):
+    s = _summary(uninterrupted)
+    assert s["cells"] == CELLS and len(s["settings"]) == 2 and s["tune_points"] == 2
+    rows = s["rows"]
+    assert {(r["setting"], r["variant"]) for r in rows} == {
+        (f"train.rounds={n}", v) for n in (1, 2) for v in ("std", "spec")}
+    spec_rows = [r for r in rows if r["variant"] == "spec"]
+    for r in spec_rows:
+        iv = r["as_trained_vs_std"]
+        assert iv["low"] <= iv["value"] <= iv["high"]
+        assert r["chosen"]["train.lr"] in (0.003, 0.006)
+    assert rows[0]["tokens_per_source"] * 2 == rows[-1]["tokens_per_source"]
+    assert any(line.startswith("spec vs STD, as trained") for line in s["verdict"])
+    out = layout.study_report(uninterrupted, "smoke")
+    assert (out / "plots" / "gap_as_trained.png").stat().st_size > 1000
+    assert "| train.rounds=1 |" in (out / "summary.md").read_text()
+
+
+def test_mlflow_nests_cells_under_the_study_and_variants_under_their_cell(uninterrupted):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{uninterrupted}/mlflow.db")
+    exp = client.get_experiment_by_name("dept").experiment_id
+    runs = client.search_runs([exp], max_results=1000)
+    (study,) = [r for r in runs if r.data.tags.get("stage") == "study"]
+    cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]
+    assert len(cells) == CELLS and all(r.info.run_name.startswith("cell ") for r in cells)
+    cell_ids = {c.info.run_id for c in cells}
+    for cell in cells:
+        kids = [r.info.run_name for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == cell.info.run_id]
+        assert sorted(k for k in kids if k.startswith("pretrain-")) == \
+            ["pretrain-spec"] * 2 + ["pretrain-std"] * 2  # two seeds
+    # test-side evaluation only at the points validation chose: per setting, variant, seed
+    evals = [r for r in runs if r.info.run_name.startswith("evaluate-")]
+    assert all(r.data.tags["mlflow.parentRunId"] in cell_ids for r in evals)
+    for name in ("evaluate-spec", "evaluate-std", "evaluate-random"):
+        assert sum(r.info.run_name == name for r in evals) == 2 * 2
+    written = list((uninterrupted / "studies/smoke/cells").glob("*/results/evaluate/spec/*/"
+                                                                 "metrics.json"))
+    assert len(written) == 2 * 2
+    assert study.info.status == "FINISHED"
+    assert "study/summary.md" in {a.path for a in client.list_artifacts(study.info.run_id,
+                                                                         "study")}
+
+
+def test_a_second_invocation_recomputes_nothing(uninterrupted, cli_env):
+    cells = uninterrupted / "studies/smoke/cells"
+    before = {p: p.stat().st_mtime_ns for p in cells.rglob("metrics.json")}
+    report_before = _summary(uninterrupted)
+    proc = dept_cli(["study", "--study", "study.yaml"], uninterrupted, cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("finished earlier, skipped") == CELLS
+    assert {p: p.stat().st_mtime_ns for p in cells.rglob("metrics.json")} == before
+    assert _summary(uninterrupted) == report_before
+
+
+def test_killed_study_continues_to_the_same_report(uninterrupted, killed_then_continued):
+    root, proc = killed_then_continued
+    assert proc.stderr.count("finished earlier, skipped") == 2
+    assert _summary(root) == _summary(uninterrupted)
+
+
+# ------------------------------------------------------------------- tuning protocol ----
+def _cells(values):
+    spec = st.StudySpec(name="t", grid={"train.rounds": [4]}, tune={"train.lr": values})
+    return [st.Cell({"train.rounds": 4}, {"train.lr": v}, None, f"c{i}", "d")
+            for i, v in enumerate(values)], spec
+
+
+def _metrics(val: float, test: float) -> dict:
+    """A run's metrics.json: validation numbers (what choices read) and, planted beside
+    them, a test number a leaky choice would read."""
+    return {"final": {"val_bpb_mean": val, "test_bpb_mean": test}}
+
+
+def test_the_best_setting_is_chosen_on_validation_and_test_data_cannot_move_it():
+    cells, _ = _cells([0.003, 0.006, 0.012])
+    pretrain = {
+        "c0": {"spec": {0: _metrics(2.0, 1.0), 1: _metrics(2.2, 1.0)},
+               "std": {0: _metrics(1.9, 3.0), 1: _metrics(1.9, 3.0)}},
+        "c1": {"spec": {0: _metrics(2.05, 3.0), 1: _metrics(2.05, 3.0)},
+               "std": {0: _metrics(2.0, 1.0), 1: _metrics(2.0, 1.0)}},
+        "c2": {"spec": {0: _metrics(None, 0.5), 1: _metrics(1.0, 0.5)},  # incomplete: never
+               "std": {0: _metrics(2.1, 0.1), 1: _metrics(2.1, 0.1)}},
+    }
+    choice = st.choose(cells, pretrain)["train.rounds=4"]
+    assert choice["spec"].tune == {"train.lr": 0.006}  # mean over seeds 2.05 < 2.1
+    assert choice["std"].tune == {"train.lr": 0.003}
+    # any change to test numbers changes nothing; a change to validation does
+    flipped = copy.deepcopy(pretrain)
+    for by_v in flipped.values():
+        for by_seed in by_v.values():
+            for m in by_seed.values():
+                m["final"]["test_bpb_mean"] = -m["final"]["test_bpb_mean"]
+    assert {v: c.id for v, c in st.choose(cells, flipped)["train.rounds=4"].items()} == \
+        {v: c.id for v, c in choice.items()}
+    flipped["c2"]["std"][0]["final"]["val_bpb_mean"] = 1.0
+    flipped["c2"]["std"][1]["final"]["val_bpb_mean"] = 1.0
+    assert st.choose(cells, flipped)["train.rounds=4"]["std"].id == "c2"
+
+
+def test_study_files_are_checked_naming_the_culprit(tmp_path):
+    from dept_core.errors import ConfigError
+
+    bad = tmp_path / "s.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "grid": {"train.rounds": [1]},
+                                   "budget": ["train.local_steps"]}))
+    with pytest.raises(ConfigError, match="budget: train.local_steps not in grid"):
+        st.load_study(bad)
+    bad.write_text(yaml.safe_dump({"name": "x", "grid": {"train.rounds": []}}))
+    with pytest.raises(ConfigError, match="train.rounds: give at least one value"):
+        st.load_study(bad)
+    write_params(tmp_path, cli_params())
+    bad.write_text(yaml.safe_dump({"name": "x", "grid": {"train.rounds": [2, -1]}}))
+    with pytest.raises(ConfigError, match=r"cell train.rounds=-1: .*train.rounds"):
+        st.expand(st.load_study(bad), tmp_path)
