@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip prints one warning per package for this machine's unused local index dirs: hide them.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install test demo ui
+.PHONY: install test demo ui browser browser-test screenshots
 
 install: $(STAMP)
 
@@ -30,3 +30,14 @@ demo: install
 
 ui: install
 	PATH="$(BIN):$$PATH" dept ui
+
+# Debian's Chromium for the opt-in browser test and the screenshots (nothing else needs it)
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+browser-test: install browser
+	HF_HUB_OFFLINE=1 PATH="$(BIN):$$PATH" $(PY) -m pytest -q tests/test_ui_browser.py
+
+# docs/*.png from this project after `make demo`
+screenshots: install browser
+	PATH="$(BIN):$$PATH" $(PY) scripts/browser.py --project . --out docs

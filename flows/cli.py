@@ -120,6 +120,18 @@ def _call(args: argparse.Namespace):
     raise AssertionError(a.command)
 
 
+def _experiment_id(uri: str) -> str | None:
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from tasks.tracking import EXPERIMENT
+
+        exp = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
+        return exp.experiment_id if exp else None
+    except Exception:  # no store yet, or an unreachable one: the server says why
+        return None
+
+
 def _ui(port: int) -> None:
     import os
     import subprocess
@@ -127,7 +139,12 @@ def _ui(port: int) -> None:
     from tasks.tracking import redact, tracking_uri
 
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI on http://127.0.0.1:{port}  (store: {redact(tracking_uri(Path.cwd()))})")
+    base = f"http://127.0.0.1:{port}/"
+    print(f"MLflow UI on {base}  (store: {redact(tracking_uri(Path.cwd()))})", flush=True)
+    exp = _experiment_id(tracking_uri(Path.cwd()))
+    if exp is not None:  # the runs table in the model-training view (not the GenAI overview)
+        print(f"the runs: {base}#/experiments/{exp}/runs?workflowType=machine_learning",
+              flush=True)
     subprocess.run(["mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                     "--backend-store-uri", tracking_uri(Path.cwd())], env=env, check=False)
 

@@ -21,6 +21,9 @@ from dept_core.errors import DeptError
 from dept_core import layout
 
 EXPERIMENT = "dept"
+# MLflow 3's UI opens an experiment of this kind on its runs table (the GenAI kind, which it
+# infers for an untagged experiment, opens on traces)
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri(root: Path) -> str:
@@ -159,7 +162,10 @@ def _client_and_experiment(root: Path):
     try:
         exp = client.get_experiment_by_name(EXPERIMENT)
         exp_id = exp.experiment_id if exp else client.create_experiment(
-            EXPERIMENT, artifact_location=(Path(root).resolve() / "mlartifacts").as_uri())
+            EXPERIMENT, artifact_location=(Path(root).resolve() / "mlartifacts").as_uri(),
+            tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        if exp and exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
     except Exception as exc:  # an unreachable/invalid store: say which one
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         uri = tracking_uri(root)

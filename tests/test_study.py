@@ -83,6 +83,8 @@ def test_mlflow_nests_cells_under_the_study_and_variants_under_their_cell(uninte
 
     client = MlflowClient(f"sqlite:///{uninterrupted}/mlflow.db")
     exp = client.get_experiment_by_name("dept").experiment_id
+    # a model-training experiment: the UI opens on the runs table, not on GenAI traces
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([exp], max_results=1000)
     (study,) = [r for r in runs if r.data.tags.get("stage") == "study"]
     cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]

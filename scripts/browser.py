@@ -1,0 +1,170 @@
+"""Headless Chromium against the project's UIs (MLflow, Prefect): the screenshots in docs/ and
+the opt-in browser test (tests/test_ui_browser.py) both use it.
+
+    python scripts/browser.py --project DIR [--out docs/]   # screenshots of a finished project
+
+Chromium is Debian's package (`make browser` installs it); nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
+CHART_VIEW = RUNS_VIEW + "&compareRunsMode=CHART"
+
+
+def compare_view(run_ids: list[str], experiment: str) -> str:
+    """MLflow's compare page: the given runs side by side, every metric a row."""
+    import json
+    from urllib.parse import quote
+
+    return (f"#/compare-runs?runs={quote(json.dumps(run_ids))}"
+            f"&experiments={quote(json.dumps([experiment]))}")
+
+
+def latest_runs(project: Path, prefix: str) -> dict[str, str]:
+    """Run name -> id of the newest run of each name starting with `prefix`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(project))
+    out: dict[str, str] = {}
+    for run in client.search_runs([experiment_id(project)], order_by=["start_time DESC"],
+                                  max_results=1000):
+        if run.info.run_name.startswith(prefix):
+            out.setdefault(run.info.run_name, run.info.run_id)
+    return out
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with status {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@contextmanager
+def serving(cmd: list[str], health: str, cwd: Path, env: dict | None = None):
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(health, proc)
+        yield
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def mlflow_ui(project: Path):
+    """`dept ui` on a free port for `project`; yields the base URL."""
+    port = free_port()
+    with serving([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)],
+                 f"http://127.0.0.1:{port}/health", project,
+                 {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}):
+        yield f"http://127.0.0.1:{port}/"
+
+
+@contextmanager
+def prefect_ui(prefect_home: Path):
+    """A Prefect server (API and UI) over an existing Prefect home; yields the base URL."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home),
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with serving([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                 f"http://127.0.0.1:{port}/api/health", prefect_home, env):
+        yield f"http://127.0.0.1:{port}/"
+
+
+def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    exe = chromium()
+    if exe is None:
+        raise RuntimeError("no Chromium on this machine (`make browser` installs Debian's)")
+    return subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu",
+                           "--disable-dev-shm-usage", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dom(url: str, wait_ms: int = 20000, size: str = "1600,1000") -> str:
+    """The page's DOM after its scripts ran (`wait_ms` of virtual time)."""
+    return _run([f"--window-size={size}", f"--virtual-time-budget={wait_ms}", "--dump-dom",
+                 url]).stdout
+
+
+def screenshot(url: str, path: Path, wait_ms: int = 20000, size: str = "1600,1000") -> Path:
+    _run([f"--window-size={size}", f"--virtual-time-budget={wait_ms}",
+          f"--screenshot={path}", url])
+    if not path.is_file():
+        raise RuntimeError(f"Chromium wrote no screenshot of {url}")
+    return path
+
+
+def experiment_id(project: Path) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import EXPERIMENT, tracking_uri
+
+    exp = MlflowClient(tracking_uri(project)).get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        raise RuntimeError(f"{project}: no MLflow experiment '{EXPERIMENT}' (run the pipeline)")
+    return exp.experiment_id
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", required=True, type=Path, help="a project after `make demo`")
+    ap.add_argument("--out", type=Path, default=Path("docs"))
+    a = ap.parse_args()
+    project, out = a.project.resolve(), a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    exp = experiment_id(project)
+    with mlflow_ui(project) as base:
+        print(screenshot(base + RUNS_VIEW.format(id=exp), out / "mlflow-runs.png"))
+        print(screenshot(base + CHART_VIEW.format(id=exp), out / "mlflow-charts.png",
+                         size="1600,1200"))
+        evals = latest_runs(project, "evaluate-")
+        print(screenshot(base + compare_view(list(evals.values()), exp),
+                         out / "mlflow-compare.png", size="1600,2400"))
+    if (project / ".prefect" / "prefect.db").is_file():
+        with prefect_ui(project / ".prefect") as base:
+            print(screenshot(base + "runs", out / "prefect-runs.png", size="1600,1400"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The UIs in a real browser (headless Chromium): opt-in — `make browser-test` installs
+Debian's chromium; without a browser these tests are skipped with a message saying so.
+
+MLflow: `dept ui` on a project after an uninterrupted `dept run` (conftest `reference_run`);
+the runs table in the model-training view lists every variant's pre-training and evaluation.
+Prefect: a server over a Prefect home in which `dept prepare` ran; its flow-runs page lists it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import browser  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    browser.chromium() is None,
+    reason="no Chromium on this machine: `make browser-test` installs Debian's chromium "
+           "and runs these tests")
+
+
+def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(reference_run):
+    from tests.conftest import CLI_VARIANTS
+
+    exp = browser.experiment_id(reference_run)
+    evals = browser.latest_runs(reference_run, "evaluate-")
+    assert set(evals) == {f"evaluate-{v}" for v in [*CLI_VARIANTS, "random"]}
+    with browser.mlflow_ui(reference_run) as base:
+        table = browser.dom(base + browser.RUNS_VIEW.format(id=exp))
+        compare = browser.dom(base + browser.compare_view(list(evals.values()), exp),
+                              size="1600,2400")
+    # the runs table in the model-training view: the execution's parent run (the variants'
+    # runs are its children)
+    assert "Model training" in table and ">pipeline<" in table
+    # the compare view: one column per variant, the headline metrics as rows
+    for name in evals:
+        assert name in compare, name
+    # (the page renders the metric rows near the top alphabetically: the CPT headline ones)
+    for metric in ("cpt_fresh_bpb_id_mean", "cpt_fresh_bpb_ood_mean"):
+        assert metric in compare, metric
+
+
+def test_prefect_flow_runs_page_lists_the_stage_that_ran(tmp_path, cli_env):
+    from tests.conftest import cli_params, write_params
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    root = tmp_path / "proj"
+    write_params(root, cli_params())
+    with browser.prefect_ui(home) as base:
+        env = {**cli_env, "PREFECT_HOME": str(home), "PREFECT_API_URL": base + "api"}
+        proc = subprocess.run([sys.executable, "-m", "flows.cli", "prepare"], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        page = browser.dom(base + "runs", size="1600,1400")
+    assert "Flow runs" in page
+    assert "prepare" in page and "Completed" in page
