@@ -334,6 +334,17 @@ def gap_csv(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def gap_long_csv(rows: list[dict], proto: str = "as_trained") -> str:
+    """tokens_per_source,variant,value: the gap of one protocol for `dvc plots` (a variant
+    of another setting group is named `variant (group)`)."""
+    out = ["tokens_per_source,variant,value"]
+    for r in rows:
+        if f"{proto}_vs_std" in r:
+            name = r["variant"] + ("" if r["group"] == "base" else f" ({r['group']})")
+            out.append(f"{r['tokens_per_source']},\"{name}\",{r[f'{proto}_vs_std']['value']:.4f}")
+    return "\n".join(out) + "\n"
+
+
 def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     """gap_<protocol>.png: % vs STD against tokens per source, one line per variant and
     setting group, 95 % intervals as error bars."""

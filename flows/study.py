@@ -111,7 +111,7 @@ def study_flow(study: str, root: str | None = None) -> dict:
         evaluate_chosen(root_path, spec, cells, client, study_id)
         summary = build_report(root_path, spec, cells)
         out = layout.study_report(root_path, spec.name)
-        for name in ("summary.md", "summary.json", "gap.csv"):
+        for name in ("summary.md", "summary.json", "gap.csv", "gap_as_trained.csv"):
             client.log_artifact(study_id, str(out / name), "study")
         client.log_artifacts(study_id, str(out / "plots"), "study/plots")
         for r in summary["rows"]:
@@ -190,6 +190,7 @@ def build_report(root: Path, spec: st.StudySpec, cells: list[st.Cell]) -> dict:
     with atomic_dir(out / "plots") as tmp:
         st.plot(rows, tmp)
     write_text(out / "gap.csv", st.gap_csv(rows))
+    write_text(out / "gap_as_trained.csv", st.gap_long_csv(rows))
     write_text(out / "summary.md", st.markdown(study))
     write_json(out / "summary.json", study)
     return study

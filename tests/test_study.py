@@ -76,6 +76,8 @@ def test_the_report_has_every_variant_at_every_budget_with_intervals(uninterrupt
     out = layout.study_report(uninterrupted, "smoke")
     assert (out / "plots" / "gap_as_trained.png").stat().st_size > 1000
     assert "| train.rounds=1 |" in (out / "summary.md").read_text()
+    lines = (out / "gap_as_trained.csv").read_text().splitlines()  # for `dvc plots`
+    assert lines[0] == "tokens_per_source,variant,value" and len(lines) == 1 + 2
 
 
 def test_mlflow_nests_cells_under_the_study_and_variants_under_their_cell(uninterrupted):
