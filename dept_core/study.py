@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dept_core.config import Config, load_config
+from dept_core.config import Config, load_config, read_yaml
 from dept_core.errors import ConfigError
 from dept_core.variants import BASELINE, REFERENCE
 
@@ -73,14 +73,7 @@ class StudySpec(BaseModel):
 
 def load_study(path: Path) -> StudySpec:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: study file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of study keys")
+    raw = read_yaml(path)  # a missing file, bad YAML, not a mapping: named errors
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as exc:

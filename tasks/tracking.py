@@ -179,8 +179,6 @@ def study_run(root: Path, name: str, key: str, params: dict[str, str]
               ) -> Iterator[tuple[object, str]]:
     """The parent run of a study: one per study definition (tag `dept.study` = `key`), reused
     when the study is invoked again (a killed study continues under the same parent)."""
-    from mlflow.entities import Param
-
     client, exp_id = _client_and_experiment(root)
     found = client.search_runs([exp_id], f"tags.`dept.study` = '{key}'", max_results=1)
     if found:
@@ -189,15 +187,9 @@ def study_run(root: Path, name: str, key: str, params: dict[str, str]
     else:
         run_id = client.create_run(exp_id, run_name=f"study-{name}", tags={
             "dept.study": key, "stage": "study", "git_commit": _git_commit(root)}).info.run_id
-        batch = [Param(k, v[:500]) for k, v in params.items()]
-        for i in range(0, len(batch), 90):
-            client.log_batch(run_id, params=batch[i:i + 90])
-    status = "FAILED"
-    try:
+        _log_params(client, run_id, params)
+    with _ended(client, run_id):
         yield client, run_id
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status)
 
 
 @contextmanager
@@ -217,15 +209,26 @@ def mlflow_run(root: Path, cfg: Config, name: str, tags: dict[str, str],
     run = client.create_run(exp_id, run_name=name, tags=all_tags)
     run_id = run.info.run_id
     close_crashed_runs(client, exp_id, key, run_id)
+    _log_params(client, run_id, flatten(cfg.model_dump(mode="json")))
+    _log_dataset(client, run_id, root)
+    with _ended(client, run_id):
+        yield client, run_id
+
+
+def _log_params(client, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 
-    params = [Param(k, v) for k, v in flatten(cfg.model_dump(mode="json")).items()]
-    for i in range(0, len(params), 90):
-        client.log_batch(run_id, params=params[i:i + 90])
-    _log_dataset(client, run_id, root)
+    batch = [Param(k, v[:500]) for k, v in params.items()]
+    for i in range(0, len(batch), 90):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=batch[i:i + 90])
+
+
+@contextmanager
+def _ended(client, run_id: str) -> Iterator[None]:
+    """The run ends FINISHED, or FAILED on any error (the error goes on)."""
     status = "FAILED"
     try:
-        yield client, run_id
+        yield
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)
