@@ -91,7 +91,11 @@ def load_study(path: Path) -> StudySpec:
 def _value_text(v: Any) -> str:
     """A grid value in a label: scalars as themselves, source lists by their names."""
     if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-        return ",".join(str(x.get("name", "?")) for x in v)
+        names = ",".join(str(x.get("name", "?")) for x in v)
+        presets = {x.get("preset") for x in v if x.get("kind", "embedded") == "embedded"}
+        # a heterogeneity axis reads as its preset: "multidomain(code,legal,...)"
+        return f"{presets.pop()}({names})" if len(presets) == 1 and None not in presets \
+            else names
     if isinstance(v, (list, dict)):
         return json.dumps(v, separators=(",", ":"))
     return str(v)
@@ -311,7 +315,8 @@ def markdown(study: dict) -> str:
     lines += ["", "Test bits/byte means over the training sources (in distribution) with paired "
               "95 % bootstrap intervals; 'vs STD %' positive = lower than STD on the same "
               "documents; plasticity = mean bits/byte over the adaptation curve on unseen "
-              "sources (lower = more plastic). Plots: `plots/gap_*.png`.", ""]
+              "sources (lower = more plastic). Plots against the budget: `plots/gap_*.png`, "
+              "`plots/plasticity.png`, `plots/downstream.png`.", ""]
     return "\n".join(lines)
 
 
@@ -338,37 +343,51 @@ def gap_long_csv(rows: list[dict], proto: str = "as_trained") -> str:
     return "\n".join(out) + "\n"
 
 
+# what `plot` draws: (file stem, row key, y label, title, is a gap to STD)
+PANELS = (
+    ("gap_as_trained", "as_trained_vs_std", "test bits/byte vs STD, % (positive = better)",
+     "Gap to STD, as trained, in distribution", True),
+    ("gap_cpt_fresh", "cpt_fresh_vs_std", "test bits/byte vs STD, % (positive = better)",
+     "Gap to STD, after CPT (fresh emb.), in distribution", True),
+    ("plasticity", "plasticity_auc", "mean bits/byte over adaptation (lower = more plastic)",
+     "Plasticity on the unseen sources", False),
+    ("downstream", "downstream_accuracy", "accuracy (higher = better)",
+     "Downstream (topic classification, frozen body + probe)", False),
+)
+
+
 def plot(rows: list[dict], out_dir: Path) -> list[Path]:
-    """gap_<protocol>.png: % vs STD against tokens per source, one line per variant and
-    setting group, 95 % intervals as error bars."""
+    """One PNG per panel of PANELS against tokens per source: one line per variant and
+    setting group (e.g. the data preset), 95 % intervals as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    for proto, title in (("as_trained", "as trained"), ("cpt_fresh", "after CPT, fresh emb.")):
-        sel = [r for r in rows if f"{proto}_vs_std" in r]
+    for stem, key, ylabel, title, gap in PANELS:
+        sel = [r for r in rows if key in r]
         if not sel:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for key in dict.fromkeys((r["variant"], r["group"]) for r in sel):
-            pts = sorted((r for r in sel if (r["variant"], r["group"]) == key),
+        for line in dict.fromkeys((r["variant"], r["group"]) for r in sel):
+            pts = sorted((r for r in sel if (r["variant"], r["group"]) == line),
                          key=lambda r: r["tokens_per_source"])
             x = [r["tokens_per_source"] for r in pts]
-            y = [r[f"{proto}_vs_std"]["value"] for r in pts]
-            err = [[r[f"{proto}_vs_std"]["value"] - r[f"{proto}_vs_std"]["low"] for r in pts],
-                   [r[f"{proto}_vs_std"]["high"] - r[f"{proto}_vs_std"]["value"] for r in pts]]
-            name = key[0] + ("" if key[1] == "base" else f" ({key[1]})")
+            y = [r[key]["value"] for r in pts]
+            err = [[r[key]["value"] - r[key]["low"] for r in pts],
+                   [r[key]["high"] - r[key]["value"] for r in pts]]
+            name = line[0] + ("" if line[1] == "base" else f" ({line[1]})")
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
-        ax.axhline(0, color="black", lw=0.8)
+        if gap:
+            ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("training tokens per source")
-        ax.set_ylabel("test bits/byte vs STD, % (positive = better than STD)")
-        ax.set_title(f"Gap to STD, {title}, in distribution (95 % paired intervals)")
-        ax.legend(fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(f"{title} (95 % intervals)", fontsize=10)
+        ax.legend(fontsize=7)
         fig.tight_layout()
-        path = Path(out_dir) / f"gap_{proto}.png"
+        path = Path(out_dir) / f"{stem}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

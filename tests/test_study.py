@@ -74,7 +74,8 @@ def test_the_report_has_every_variant_at_every_budget_with_intervals(uninterrupt
     assert rows[0]["tokens_per_source"] * 2 == rows[-1]["tokens_per_source"]
     assert any(line.startswith("spec vs STD, as trained") for line in s["verdict"])
     out = layout.study_report(uninterrupted, "smoke")
-    assert (out / "plots" / "gap_as_trained.png").stat().st_size > 1000
+    for png in ("gap_as_trained", "gap_cpt_fresh", "plasticity", "downstream"):
+        assert (out / "plots" / f"{png}.png").stat().st_size > 1000, png
     assert "| train.rounds=1 |" in (out / "summary.md").read_text()
     lines = (out / "gap_as_trained.csv").read_text().splitlines()  # for `dvc plots`
     assert lines[0] == "tokens_per_source,variant,value" and len(lines) == 1 + 2
@@ -181,3 +182,60 @@ def test_study_files_are_checked_naming_the_culprit(tmp_path):
     bad.write_text(yaml.safe_dump({"name": "x", "grid": {"train.rounds": [2, -1]}}))
     with pytest.raises(ConfigError, match=r"cell train.rounds=-1: .*train.rounds"):
         st.expand(st.load_study(bad), tmp_path)
+
+
+# --------------------------------------------------------------------- heterogeneity ----
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_heterogeneity_study_expands_into_one_data_set_per_preset(tmp_path):
+    """configs/study-heterogeneity.yaml (a grid over whole source lists) is valid: every cell
+    checks, the two presets prepare their own data, and the report's groups name them."""
+    spec = st.load_study(REPO / "configs/study-heterogeneity.yaml")
+    cells = st.expand(spec, REPO)
+    assert len(cells) == 2 * 2 * 2  # presets × budgets × lr
+    assert len({c.data_key for c in cells}) == 2
+    groups = {st.label({k: v for k, v in c.setting.items() if k not in spec.budget})
+              for c in cells}
+    assert {g.split("=")[1].split("(")[0] for g in groups} == {"multilingual", "multidomain"}
+
+
+def _row(variant, group, tokens, gap):
+    iv = {"value": gap, "low": gap - 1, "high": gap + 1}
+    word = "better" if iv["low"] > 0 else "worse" if iv["high"] < 0 else "tied"
+    return {"variant": variant, "group": group, "setting": f"{group} r={tokens}",
+            "tokens_per_source": tokens, "chosen": {}, "as_trained_vs_std": iv,
+            "as_trained_verdict": word, "plasticity_auc": iv, "downstream_accuracy": iv}
+
+
+def test_verdict_and_plots_keep_presets_apart(tmp_path):
+    ml, md = "data.sources=multilingual(en,de)", "data.sources=multidomain(code,docs)"
+    rows = [_row("spec", ml, 1e4, 8.0), _row("spec", ml, 8e4, 3.0),
+            _row("spec", md, 1e4, -4.0), _row("spec", md, 8e4, 0.0)]
+    verdict = st.study_verdict(rows)
+    assert f"better at 10 k tokens/source, {ml} (+8.0 % [+7.0, +9.0])" in verdict[0]
+    assert f"worse at 10 k tokens/source, {md}" in verdict[0]
+    assert f"({ml}) the gap moves in STD's favour (+8.0 → +3.0 %)" in verdict[1]
+    assert f"({md}) the gap moves in DEPT's favour (-4.0 → +0.0 %)" in verdict[1]
+    paths = st.plot(rows, tmp_path)
+    assert [p.name for p in paths] == ["gap_as_trained.png", "plasticity.png",
+                                       "downstream.png"]
+    csv = st.gap_long_csv(rows).splitlines()
+    assert f'10000.0,"spec ({md})",-4.0000' in csv
+
+
+def test_the_pipeline_runs_on_the_multidomain_preset(tmp_path, cli_env):
+    """The other preset end to end (smoke sizes, SPEC and STD): not tuned to the languages."""
+    raw = cli_params()
+    raw["data"]["sources"] = [{"name": n, "kind": "embedded", "preset": "multidomain",
+                               **({"heldout": True} if n == "legal" else {})}
+                              for n in ("code", "dialogue", "docs", "legal")]
+    raw["tokenizers"]["per_source_vocab_overrides"] = {}
+    raw["train"]["variants"] = ["spec", "std"]
+    write_params(tmp_path, raw)
+    proc = dept_cli(["run"], tmp_path, cli_env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((layout.compare_dir(tmp_path) / "summary.json").read_text())
+    assert set(summary["pretraining"]["variants"]) == {"spec", "std"}
+    cpt = summary["evaluation"]["tables"]["cpt_fresh"]["spec"]
+    assert "legal" in cpt["bpb"]  # the held-out domain was scored (after CPT)
