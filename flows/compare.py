@@ -4,8 +4,7 @@
 
 Reads results/pretrain/<variant>/metrics.json (required) and results/evaluate/<variant>/
 metrics.json (where present, `random` included). The summary, CSVs and plots are also logged
-to MLflow (the pipeline's run under `dept run`, else a run named `compare`) and the table is a
-Prefect markdown artefact.
+to the execution's MLflow parent run and the table is a Prefect markdown artefact.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from dept_core import layout, report
 from flows.common import load, run_stage, stage_parser
 from tasks.compare import compare_task, log_comparison
-from tasks.tracking import check_tracking_uri, mlflow_run
+from tasks.tracking import check_tracking_uri, execution_run
 
 
 @flow(name="compare")
@@ -24,8 +23,8 @@ def compare_flow(params: str = "params.yaml", overrides: list[str] | None = None
                  root: str | None = None, mlflow_run_id: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)
     summary = compare_task(root_path, cfg)
-    if mlflow_run_id is None:
-        with mlflow_run(root_path, cfg, "compare", {"stage": "compare"}) as (client, run_id):
+    if mlflow_run_id is None:  # a stage of its own: onto the execution's parent run
+        with execution_run(root_path, cfg) as (client, run_id):
             log_comparison(client, run_id, root_path)
     table = report.markdown(summary)
     create_markdown_artifact(table, key="dept-comparison", description="DEPT variants")

@@ -3,9 +3,9 @@
     python -m flows.evaluate --variant spec [--params params.yaml]
     python -m flows.evaluate --variant random       # the untrained reference (floor)
 
-Writes results/evaluate/<variant>/metrics.json and records it as an MLflow run
-`evaluate-<variant>` (metrics per source, plasticity curves with their steps, downstream
-scores) — a child of the pipeline's run under `dept run`.
+Writes results/evaluate/<variant>/metrics.json and records it (metrics per source,
+plasticity curves with their steps, downstream scores) in the variant's MLflow run, the one
+its pre-training logged to, under the execution's parent run (`random`: a run of its own).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dept_core.variants import REFERENCE
 from flows.common import (add_seed_arg, add_variant_arg, backend_overrides, load, run_stage,
                           stage_parser)
 from tasks.evaluate import evaluate_task
-from tasks.tracking import check_tracking_uri
+from tasks.tracking import check_tracking_uri, execution_run
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{variant}")
@@ -29,7 +29,8 @@ def evaluate_flow(variant: str, params: str = "params.yaml",
         models = layout.models_dir(root_path, variant, cfg.train.seed)
         if not models.is_dir():
             raise DataError(f"{models}: missing — run `dept train --variant {variant}` first")
-    return evaluate_task(cfg, variant, root_path)
+    with execution_run(root_path, cfg) as (_, parent_id):  # the run its pretrain stage made
+        return evaluate_task(cfg, variant, root_path, parent_id)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,9 @@ reference) -> compare.
 
     python -m flows.pipeline [--params params.yaml] [--set key=value ...]
 
-Variants run one after another: on a 2-core machine each already uses both cores. Every
-variant's MLflow run is a child of the pipeline's run, so the UI compares them side by side.
+Variants run one after another: on a 2-core machine each already uses both cores. The
+execution is one MLflow run (`pipeline <config digest>`) with one child per variant holding its
+pre-training curves and its evaluation, so the UI compares them side by side.
 """
 
 from __future__ import annotations
@@ -18,25 +19,26 @@ from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
 from tasks.compare import log_comparison
 from tasks.evaluate import evaluate_task
-from tasks.tracking import check_tracking_uri, mlflow_run
+from tasks.tracking import check_tracking_uri, execution_name, execution_tags, mlflow_run
 from tasks.train import pretrain_task
 
 
 @flow(name="dept_pipeline")
 def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = None,
                   root: str | None = None, parent_run_id: str | None = None,
-                  data_ready: bool = False, run_name: str = "pipeline",
+                  data_ready: bool = False, run_name: str | None = None,
                   evaluate: bool = True) -> dict:
     """`data_ready`: data/prepared and data/tokenizers are in place (a study's cell shares
     them); `parent_run_id`: the MLflow run this execution nests under (a study's);
     `evaluate=False`: pre-training only (a study evaluates only the tuning points it chose
-    on validation)."""
+    on validation); `run_name`: the parent run's name (default `pipeline <config digest>`)."""
     cfg, root_path = load(params, overrides, root)
     if not data_ready:
         prepare_flow(params, overrides, str(root_path))
         tokenizers_flow(params, overrides, str(root_path))
     results = {}
-    with mlflow_run(root_path, cfg, run_name, {"variants": ",".join(cfg.train.variants)},
+    with mlflow_run(root_path, cfg, run_name or execution_name(cfg),
+                    {"stage": "pipeline", **execution_tags(cfg, root_path)},
                     parent_run_id) as (client, parent_id):
         for seed in cfg.train.seeds:  # every seed on the same data and tokenizers
             run_cfg = cfg.with_train_seed(seed)

@@ -19,7 +19,7 @@ from prefect import flow
 from flows.common import (add_backend_args, add_seed_arg, add_variant_arg, backend_overrides,
                           load, run_stage, stage_parser)
 from tasks.train import pretrain_task
-from tasks.tracking import check_tracking_uri
+from tasks.tracking import check_tracking_uri, execution_run
 
 
 @flow(name="pretrain", flow_run_name="pretrain-{variant}")
@@ -29,7 +29,8 @@ def pretrain_flow(variant: str, params: str = "params.yaml",
                   torchrun_args: list[str] | None = None) -> dict:
     extra = [f"train.backend={backend}"] if backend else []
     cfg, root_path = load(params, [*(overrides or []), *extra], root)
-    return pretrain_task(cfg, variant, root_path, torchrun_args=torchrun_args)
+    with execution_run(root_path, cfg) as (_, parent_id):  # the parent all stages share
+        return pretrain_task(cfg, variant, root_path, parent_id, torchrun_args=torchrun_args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,20 +32,27 @@ def compare_view(run_ids: list[str], experiment: str) -> str:
             f"&experiments={quote(json.dumps([experiment]))}")
 
 
-def latest_runs(project: Path, prefix: str) -> dict[str, str]:
-    """Run name -> id of the newest run of each name starting with `prefix`."""
+def latest_execution(project: Path) -> tuple[str, dict[str, str]]:
+    """The newest pipeline execution's parent run id and its children (run name -> id): one
+    per variant, plus the untrained reference."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from mlflow.tracking import MlflowClient
 
     from tasks.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri(project))
+    exp = experiment_id(project)
+    parents = client.search_runs([exp], "tags.stage = 'pipeline'", max_results=1,
+                                 order_by=["attributes.start_time DESC"])
+    if not parents:
+        raise RuntimeError(f"{project}: no pipeline run in MLflow (run the pipeline)")
+    pid = parents[0].info.run_id
+    kids = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{pid}'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
     out: dict[str, str] = {}
-    for run in client.search_runs([experiment_id(project)], order_by=["start_time DESC"],
-                                  max_results=1000):
-        if run.info.run_name.startswith(prefix):
-            out.setdefault(run.info.run_name, run.info.run_id)
-    return out
+    for run in kids:
+        out.setdefault(run.info.run_name, run.info.run_id)
+    return pid, out
 
 
 def chromium() -> str | None:
@@ -158,8 +165,8 @@ def main() -> None:
         print(screenshot(base + RUNS_VIEW.format(id=exp), out / "mlflow-runs.png"))
         print(screenshot(base + CHART_VIEW.format(id=exp), out / "mlflow-charts.png",
                          size="1600,1200"))
-        evals = latest_runs(project, "evaluate-")
-        print(screenshot(base + compare_view(list(evals.values()), exp),
+        _, variants = latest_execution(project)
+        print(screenshot(base + compare_view(list(variants.values()), exp),
                          out / "mlflow-compare.png", size="1600,2400"))
     if (project / ".prefect" / "prefect.db").is_file():
         with prefect_ui(project / ".prefect") as base:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -11,8 +12,10 @@ from dept_core.accel import pick_device
 from dept_core.atomic import write_json
 from dept_core.config import Config
 from dept_core.evaluate import run_protocol
+from dept_core.metrics import area_under_curve
+from dept_core.variants import REFERENCE
 from tasks.common import NO_CACHE
-from tasks.tracking import MlflowSink, mlflow_run
+from tasks.tracking import MlflowSink, log_pretraining, variant_run
 
 
 def evaluation_metrics(result: dict) -> dict[str, float]:
@@ -29,6 +32,11 @@ def evaluation_metrics(result: dict) -> dict[str, float]:
                 out[f"{prefix}_ppl/{src}"] = m["ppl"]
             if sec[f"{dist}_bpb_mean"] is not None:
                 out[f"{prefix}_bpb_{short}_mean"] = sec[f"{dist}_bpb_mean"]
+    curves = result.get("plasticity", {}).get("curves", {})
+    if curves:  # mean bits/byte over each held-out source's adaptation curve, then over sources
+        aucs = [area_under_curve([p["step"] for p in c], [p["bpb"] for p in c])
+                for c in curves.values()]
+        out["plasticity_bpb_auc_mean"] = sum(aucs) / len(aucs)
     ds = result.get("downstream")
     if ds:
         out["downstream/accuracy"], out["downstream/macro_f1"] = ds["accuracy"], ds["macro_f1"]
@@ -40,19 +48,25 @@ def evaluation_metrics(result: dict) -> dict[str, float]:
 @task(name="evaluate", task_run_name="evaluate-{variant}", **NO_CACHE)
 def evaluate_task(cfg: Config, variant: str, root: Path,
                   parent_run_id: str | None = None) -> dict:
-    """Evaluate `variant` as an MLflow run; write results/evaluate/<variant>/metrics.json."""
+    """Evaluate `variant` into its run under the execution (the one its pre-training logged
+    to; the untrained reference gets a run of its own); write
+    results/evaluate/<variant>/metrics.json."""
     log = get_run_logger()
-    with mlflow_run(root, cfg, f"evaluate-{variant}", {"variant": variant, "stage": "evaluate"},
-                    parent_run_id) as (client, run_id):
+    with variant_run(root, cfg, variant, "evaluate", parent_run_id) as (client, run_id, fresh):
+        sink = MlflowSink(client, run_id)
+        pretrained = layout.pretrain_metrics(root, variant, cfg.train.seed)
+        if fresh and variant != REFERENCE and pretrained.is_file():
+            log_pretraining(sink, json.loads(pretrained.read_text()))
+            client.set_tag(run_id, "dept.pretrained", "1")
         result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
         path = layout.evaluate_metrics(root, variant, cfg.train.seed)
         write_json(path, result)
-        sink = MlflowSink(client, run_id)
         sink.log(evaluation_metrics(result), step=0)
         for src, curve in result.get("plasticity", {}).get("curves", {}).items():
             for point in curve:
                 sink.log({f"plasticity_bpb/{src}": point["bpb"]}, step=point["step"])
-        client.log_artifact(run_id, str(path))
+        client.log_artifact(run_id, str(path), "evaluation")
+        client.set_tag(run_id, "dept.evaluated", "1")
     cpt = result.get("continued", {}).get("fresh", {})
     log.info("%s: test bits/byte as trained %s; after CPT (fresh embedding) in/out of "
              "distribution %s / %s; downstream accuracy %s", variant,

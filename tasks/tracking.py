@@ -1,11 +1,18 @@
-"""MLflow: one experiment per study, a run per variant, metrics batched once per round.
+"""MLflow: one experiment per project, one parent run per pipeline execution, one child run
+per variant holding its pre-training curves and its evaluation; metrics batched per round.
 
-The store is `sqlite:///<project>/mlflow.db` unless `MLFLOW_TRACKING_URI` says otherwise.
+`dept run` opens the parent itself. Under `dvc repro` every stage is its own process: the
+stages find their parent by the execution id (config digest, data digest, code commit and
+DVC experiment name) and the evaluate stage reopens the run its pretrain stage created.
+
+The store is `sqlite:///<project>/mlflow.db` unless `MLFLOW_TRACKING_URI` says otherwise
+(under `dvc exp run` in a temporary workspace, the project is DVC's root, `DVC_ROOT`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -26,8 +33,15 @@ EXPERIMENT = "dept"
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
+def store_root(root: Path) -> Path:
+    """Where the project's MLflow store lives: the project, or, for a DVC experiment run in a
+    temporary copy of it (`dvc exp run --temp`, the queue), the repository DVC ran from."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    return Path(dvc_root).resolve() if dvc_root else Path(root).resolve()
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(root)}/mlflow.db"
 
 
 def redact(uri: str) -> str:
@@ -102,6 +116,32 @@ class MlflowSink:
             self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
 
 
+def pretraining_summary(metrics: dict) -> dict[str, float]:
+    """A variant's pre-training headline numbers, named alike for every variant."""
+    emb = metrics["memory"]["embedding_bytes"]
+    return {"final/val_bpb_mean": metrics["final"]["val_bpb_mean"] or float("nan"),
+            "final/comm_bytes_total": metrics["comm"]["bytes_down_total"]
+            + metrics["comm"]["bytes_up_total"],
+            "final/embedding_params_mean": sum(metrics["embedding_params"].values())
+            / max(len(metrics["embedding_params"]), 1),
+            "final/embedding_mb_per_source": sum(emb.values()) / max(len(emb), 1) / 1e6,
+            "final/body_mb": metrics["memory"]["body_bytes"] / 1e6}
+
+
+def log_pretraining(sink: MlflowSink, metrics: dict) -> None:
+    """Replay a finished pre-training (its metrics.json) into a run: the per-round curves
+    exactly as the live run logged them, then the summary (an evaluation that runs in another
+    execution than its pre-training still gives its variant a complete run)."""
+    from dept_core.run import round_metrics
+
+    down = up = 0
+    for record in metrics["history"]:
+        down, up = down + record["comm"]["down"], up + record["comm"]["up"]
+        sink.log(round_metrics(record, {"bytes_down_total": down, "bytes_up_total": up},
+                               list(metrics["sources"])), step=record["round"])
+    sink.log(pretraining_summary(metrics), step=metrics["rounds"])
+
+
 def _process_id() -> str:
     """This process as `host:pid:start-time` (the start time tells a reused pid apart)."""
     return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
@@ -162,7 +202,7 @@ def _client_and_experiment(root: Path):
     try:
         exp = client.get_experiment_by_name(EXPERIMENT)
         exp_id = exp.experiment_id if exp else client.create_experiment(
-            EXPERIMENT, artifact_location=(Path(root).resolve() / "mlartifacts").as_uri(),
+            EXPERIMENT, artifact_location=(store_root(root) / "mlartifacts").as_uri(),
             tags={EXPERIMENT_KIND: MODEL_TRAINING})
         if exp and exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
             client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
@@ -213,6 +253,89 @@ def mlflow_run(root: Path, cfg: Config, name: str, tags: dict[str, str],
     _log_dataset(client, run_id, root)
     with _ended(client, run_id):
         yield client, run_id
+
+
+def config_digest(cfg: Config) -> str:
+    """The configuration of a whole execution (every stage's config but its training seed)."""
+    raw = cfg.model_dump(mode="json")
+    raw["train"].pop("seed", None)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def execution_tags(cfg: Config, root: Path) -> dict[str, str]:
+    """What tells executions apart in the runs table: config digest, DVC experiment name."""
+    tags = {"dept.config_digest": config_digest(cfg), "variants": ",".join(cfg.train.variants)}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dept.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def execution_name(cfg: Config, prefix: str = "pipeline") -> str:
+    exp = os.environ.get("DVC_EXP_NAME")
+    return f"{exp or prefix} {config_digest(cfg)}"
+
+
+@contextmanager
+def execution_run(root: Path, cfg: Config) -> Iterator[tuple[object, str]]:
+    """The parent run of a pipeline executed stage by stage (`dvc repro`, `dvc exp run`,
+    `dept train` then `dept evaluate`): one per (config, prepared data, code commit, DVC
+    experiment), found by the tag `dept.execution` by every stage of that execution, RUNNING
+    while a stage works in it."""
+    client, exp_id = _client_and_experiment(root)
+    h = hashlib.sha256(f"stages|{config_digest(cfg)}|{data_digest(root)}|"
+                       f"{_git_commit(root)}|{os.environ.get('DVC_EXP_NAME', '')}".encode())
+    key = h.hexdigest()[:16]
+    found = client.search_runs([exp_id], f"tags.`dept.execution` = '{key}'", max_results=1,
+                               order_by=["attributes.start_time ASC"])
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(exp_id, run_name=execution_name(cfg), tags={
+            "dept.execution": key, "stage": "pipeline", "git_commit": _git_commit(root),
+            "dvc_data_digest": data_digest(root), **execution_tags(cfg, root)}).info.run_id
+        base = cfg.model_dump(mode="json")
+        base["train"].pop("seed", None)
+        _log_params(client, run_id, flatten(base))
+    with _ended(client, run_id):
+        yield client, run_id
+
+
+def variant_run_name(cfg: Config, variant: str) -> str:
+    """A variant's run: its name, and its training seed when the execution has several."""
+    return variant if len(cfg.train.seeds) <= 1 else f"{variant} seed={cfg.train.seed}"
+
+
+@contextmanager
+def variant_run(root: Path, cfg: Config, variant: str, phase: str, parent_run_id: str | None,
+                tags: dict[str, str] | None = None) -> Iterator[tuple[object, str, bool]]:
+    """The variant's run under its execution: `phase="pretrain"` creates it; `"evaluate"`
+    reopens the newest one of this execution, variant and seed that holds a finished
+    pre-training (yields `fresh=False`), or creates it (`fresh=True`: the caller back-fills
+    the pre-training curves from metrics.json, so the run is complete either way)."""
+    tags = {"variant": variant, "seed": str(cfg.train.seed), **(tags or {})}
+    if phase == "evaluate" and parent_run_id:
+        client, exp_id = _client_and_experiment(root)
+        found = client.search_runs(
+            [exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                      f"tags.variant = '{variant}' and tags.seed = '{cfg.train.seed}' and "
+                      f"tags.`dept.pretrained` = '1'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        if found and not _alive_elsewhere(found[0]):
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            client.set_tag(run_id, "dept.process", _process_id())
+            with _ended(client, run_id):
+                yield client, run_id, False
+            return
+    with mlflow_run(root, cfg, variant_run_name(cfg, variant), tags, parent_run_id) as (c, r):
+        yield c, r, phase == "evaluate"
+
+
+def _alive_elsewhere(run) -> bool:
+    """A RUNNING run whose process may still be working in it (not ours, not dead)."""
+    proc = run.data.tags.get("dept.process", "")
+    return run.info.status == "RUNNING" and proc != _process_id() and not _is_dead(proc)
 
 
 def _log_params(client, run_id: str, params: dict[str, str]) -> None:

@@ -19,7 +19,7 @@ from dept_core.errors import DeptError
 from dept_core.run import round_line, run_key, train_variant, write_outputs
 from dept_core.trainer import MetricsSink
 from tasks.common import NO_CACHE
-from tasks.tracking import MlflowSink, mlflow_run
+from tasks.tracking import MlflowSink, pretraining_summary, variant_run
 
 
 @task(name="pretrain", task_run_name="pretrain-{variant}", **NO_CACHE)
@@ -30,8 +30,8 @@ def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | No
     With train.backend=torchrun the rounds run in a `torchrun` subprocess (one rank per
     source group); `torchrun_args` replace the default `--standalone` (multi-node rendezvous).
     """
-    tags = {"variant": variant, "prefect_flow_run_id": str(flow_run.get_id() or "")}
-    with mlflow_run(root, cfg, f"pretrain-{variant}", tags, parent_run_id) as (client, run_id):
+    tags = {"prefect_flow_run_id": str(flow_run.get_id() or "")}
+    with variant_run(root, cfg, variant, "pretrain", parent_run_id, tags) as (client, run_id, _):
         sink = MlflowSink(client, run_id)
         if cfg.train.backend == "torchrun" and not variants.get(variant).centralised:
             metrics = _pretrain_torchrun(cfg, variant, root, sink, torchrun_args)
@@ -40,12 +40,8 @@ def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | No
         client.log_artifact(run_id, str(layout.pretrain_metrics(root, variant, cfg.train.seed)))
         client.log_artifact(run_id, str(layout.tokenizer_stats(root)))
         client.log_artifacts(run_id, str(layout.models_dir(root, variant, cfg.train.seed)), "models")
-        summary = {"final/val_bpb_mean": metrics["final"]["val_bpb_mean"] or float("nan"),
-                   "final/comm_bytes_total": metrics["comm"]["bytes_down_total"]
-                   + metrics["comm"]["bytes_up_total"],
-                   "final/embedding_params_mean": sum(metrics["embedding_params"].values())
-                   / max(len(metrics["embedding_params"]), 1)}
-        MlflowSink(client, run_id).log(summary, step=cfg.train.rounds)
+        sink.log(pretraining_summary(metrics), step=cfg.train.rounds)
+        client.set_tag(run_id, "dept.pretrained", "1")
     return metrics
 
 

@@ -84,12 +84,12 @@ def _final_mlflow_curves(root: Path) -> dict[str, list[tuple[int, float]]]:
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name("dept")
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
-    parent = next(r for r in runs if r.info.run_name == "pipeline"
+    parent = next(r for r in runs if r.data.tags.get("stage") == "pipeline"
                   and r.info.status == "FINISHED")
     out = {}
     for r in runs:
         if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id \
-                and r.info.run_name.startswith("pretrain-"):
+                and r.data.tags.get("dept.pretrained") == "1":
             hist = client.get_metric_history(r.info.run_id, "val_bpb_mean")
             out[r.data.tags["variant"]] = sorted((m.step, m.value) for m in hist)
     return out
@@ -161,9 +161,10 @@ def test_runs_a_kill_left_running_are_marked_killed_and_point_at_their_successor
     by_id = {r.info.run_id: r for r in runs}
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
     killed = [r for r in runs if r.info.status == "KILLED"]
-    # killed mid-round (pipeline + pretrain-glob), at the checkpoint write and at the MLflow
-    # log: the runs those processes had open
-    assert {r.info.run_name for r in killed} >= {"pipeline", "pretrain-glob"}
+    # killed mid-round (the pipeline's run + glob's), at the checkpoint write and at the
+    # MLflow log: the runs those processes had open
+    assert {r.data.tags.get("stage") for r in killed} >= {"pipeline"}
+    assert "glob" in {r.info.run_name for r in killed}
     for run in killed:
         successor = by_id[run.data.tags["dept.continued_by"]]
         assert successor.data.tags["dept.key"] == run.data.tags["dept.key"]

@@ -29,13 +29,17 @@ def test_mlflow_holds_a_child_run_per_variant_with_round_metrics(project):
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     exp = client.get_experiment_by_name("dept")
     runs = client.search_runs([exp.experiment_id])
-    parent = [r for r in runs if r.info.run_name == "pipeline"]
+    parent = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    digest = parent[0].data.tags["dept.config_digest"]
+    assert parent[0].info.run_name == f"pipeline {digest}"
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
-    children = {r.data.tags["variant"]: r for r in kids if r.info.run_name.startswith("pretrain")}
-    assert set(children) == {"glob", "trim", "spec", "spec_opt", "std"}
-    evals = {r.data.tags["variant"]: r for r in kids if r.info.run_name.startswith("evaluate")}
-    assert set(evals) == set(children) | {"random"}
+    # one run per variant (named by it) holding pre-training and evaluation; and the floor
+    assert sorted(r.info.run_name for r in kids) == sorted(
+        ["glob", "trim", "spec", "spec_opt", "std", "random"])
+    evals = {r.data.tags["variant"]: r for r in kids}
+    children = {v: r for v, r in evals.items() if v != "random"}
+    assert all(r.data.tags["dept.pretrained"] == "1" for r in children.values())
     for variant, run in evals.items():
         assert run.info.status == "FINISHED"
         assert run.data.metrics["cpt_fresh_bpb_id_mean"] > 0

@@ -95,14 +95,18 @@ def test_mlflow_nests_cells_under_the_study_and_variants_under_their_cell(uninte
     cell_ids = {c.info.run_id for c in cells}
     for cell in cells:
         kids = [r.info.run_name for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == cell.info.run_id]
-        assert sorted(k for k in kids if k.startswith("pretrain-")) == \
-            ["pretrain-spec"] * 2 + ["pretrain-std"] * 2  # two seeds
-    # test-side evaluation only at the points validation chose: per setting, variant, seed
-    evals = [r for r in runs if r.info.run_name.startswith("evaluate-")]
+                if r.data.tags.get("mlflow.parentRunId") == cell.info.run_id
+                and r.data.tags.get("dept.pretrained") == "1"]
+        assert sorted(kids) == ["spec seed=0", "spec seed=1", "std seed=0", "std seed=1"]
+    # test-side evaluation only at the points validation chose: per setting, variant, seed;
+    # into the variant's own run (pre-training and evaluation in one run)
+    evals = [r for r in runs if r.data.tags.get("dept.evaluated") == "1"]
     assert all(r.data.tags["mlflow.parentRunId"] in cell_ids for r in evals)
-    for name in ("evaluate-spec", "evaluate-std", "evaluate-random"):
-        assert sum(r.info.run_name == name for r in evals) == 2 * 2
+    for variant in ("spec", "std", "random"):
+        got = [r for r in evals if r.data.tags["variant"] == variant]
+        assert len(got) == 2 * 2, variant
+        assert all(("final/val_bpb_mean" in r.data.metrics) == (variant != "random")
+                   for r in got)
     written = list((uninterrupted / "studies/smoke/cells").glob("*/results/evaluate/spec/*/"
                                                                  "metrics.json"))
     assert len(written) == 2 * 2

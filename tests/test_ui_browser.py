@@ -29,20 +29,21 @@ def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(referen
     from tests.conftest import CLI_VARIANTS
 
     exp = browser.experiment_id(reference_run)
-    evals = browser.latest_runs(reference_run, "evaluate-")
-    assert set(evals) == {f"evaluate-{v}" for v in [*CLI_VARIANTS, "random"]}
+    parent, variants = browser.latest_execution(reference_run)
+    assert set(variants) == {*CLI_VARIANTS, "random"}
     with browser.mlflow_ui(reference_run) as base:
         table = browser.dom(base + browser.RUNS_VIEW.format(id=exp))
-        compare = browser.dom(base + browser.compare_view(list(evals.values()), exp),
+        compare = browser.dom(base + browser.compare_view(list(variants.values()), exp),
                               size="1600,2400")
     # the runs table in the model-training view: the execution's parent run (the variants'
     # runs are its children)
-    assert "Model training" in table and ">pipeline<" in table
-    # the compare view: one column per variant, the headline metrics as rows
-    for name in evals:
-        assert name in compare, name
-    # (the page renders the metric rows near the top alphabetically: the CPT headline ones)
-    for metric in ("cpt_fresh_bpb_id_mean", "cpt_fresh_bpb_ood_mean"):
+    assert "Model training" in table and ">pipeline " in table
+    # the compare view: one column per variant, pre-training and evaluation headline metrics
+    # of each in its one run
+    for name in variants:
+        assert f">{name}<" in compare, name
+    # (the page renders the metric rows near the top alphabetically)
+    for metric in ("cpt_fresh_bpb_id_mean", "cpt_fresh_bpb_ood_mean", "downstream/accuracy"):
         assert metric in compare, metric
 
 
