@@ -62,3 +62,29 @@ def area_under_curve(steps: Sequence[float], values: Sequence[float]) -> float:
     area = sum((steps[i + 1] - steps[i]) * (values[i] + values[i + 1]) / 2
                for i in range(len(steps) - 1))
     return area / (steps[-1] - steps[0])
+
+
+def complete_mean(val: dict, sources) -> float | None:
+    """Mean validation bits/byte over `sources`, only when every one was evaluated (a SPEC
+    source never trained yet has no embeddings): a mean over fewer sources would compare
+    unlike with like."""
+    if not val or set(sources) - set(val):
+        return None
+    return sum(val[k]["bpb"] for k in sources) / len(sources)
+
+
+def round_metrics(record: dict, cumulative: dict, sources: list[str]) -> dict[str, float]:
+    """One round's record as flat MLflow-style metric names."""
+    out = {f"train_loss/{k}": v for k, v in record["train_loss"].items()}
+    out["tokens_per_s"] = record["tokens_per_s"]
+    out["comm/bytes_down"] = record["comm"]["down"]
+    out["comm/bytes_up"] = record["comm"]["up"]
+    out["comm/cumulative_bytes"] = cumulative["bytes_down_total"] + cumulative["bytes_up_total"]
+    for comp, v in record["comm"]["components"].items():
+        out[f"comm/{comp}_bytes"] = v["down"] + v["up"]
+    for k, v in record.get("val", {}).items():
+        out[f"val_loss/{k}"], out[f"val_bpb/{k}"] = v["loss"], v["bpb"]
+    mean = complete_mean(record.get("val", {}), sources)
+    if mean is not None:
+        out["val_bpb_mean"] = mean
+    return out

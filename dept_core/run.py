@@ -30,6 +30,7 @@ from dept_core.comm import CommLedger
 from dept_core.config import Config
 from dept_core.errors import DeptError
 from dept_core.export import export_model
+from dept_core.metrics import complete_mean, round_metrics  # noqa: F401 (re-exported)
 from dept_core.model import nbytes, numel
 from dept_core.outer import LOCAL, Exchange
 from dept_core.policies import table1_bytes_per_round
@@ -85,32 +86,6 @@ def build_run(cfg: Config, variant: str, data: dict[str, SourceData], global_voc
         return StdRun(cfg, data, global_vocab, device,
                       forget_every=cfg.train.act_every if spec.forgets_embeddings else None)
     return DeptRun(cfg, spec, data, global_vocab, device, exchange, sources)
-
-
-def complete_mean(val: dict, sources) -> float | None:
-    """Mean validation bits/byte over `sources`, only when every one was evaluated (a SPEC
-    source never trained yet has no embeddings): a mean over fewer sources would compare
-    unlike with like."""
-    if not val or set(sources) - set(val):
-        return None
-    return sum(val[k]["bpb"] for k in sources) / len(sources)
-
-
-def round_metrics(record: dict, cumulative: dict, sources: list[str]) -> dict[str, float]:
-    """One round's record as flat MLflow-style metric names."""
-    out = {f"train_loss/{k}": v for k, v in record["train_loss"].items()}
-    out["tokens_per_s"] = record["tokens_per_s"]
-    out["comm/bytes_down"] = record["comm"]["down"]
-    out["comm/bytes_up"] = record["comm"]["up"]
-    out["comm/cumulative_bytes"] = cumulative["bytes_down_total"] + cumulative["bytes_up_total"]
-    for comp, v in record["comm"]["components"].items():
-        out[f"comm/{comp}_bytes"] = v["down"] + v["up"]
-    for k, v in record.get("val", {}).items():
-        out[f"val_loss/{k}"], out[f"val_bpb/{k}"] = v["loss"], v["bpb"]
-    mean = complete_mean(record.get("val", {}), sources)
-    if mean is not None:
-        out["val_bpb_mean"] = mean
-    return out
 
 
 def round_line(record: dict, rounds: int, sources: list[str]) -> str:

@@ -90,7 +90,10 @@ def serving(cmd: list[str], health: str, cwd: Path, env: dict | None = None):
         wait_for(health, proc)
         yield
     finally:
-        os.killpg(proc.pid, 15)
+        try:
+            os.killpg(proc.pid, 15)
+        except ProcessLookupError:  # it had exited (the error above says how)
+            pass
         proc.wait(timeout=30)
 
 

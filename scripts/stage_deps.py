@@ -2,7 +2,8 @@
 
     python scripts/stage_deps.py [DVC_YAML [REPO]]   # per stage: code it needs, and any drift
 
-A stage's command is `python -m <module> ...`; the code it can reach is that module and,
+A stage's command is `python -m <module> ...` (or `python -m flows.stage <name> ...`, which
+runs flows.<name>); the code it can reach is that module and,
 transitively, every project module it imports (anywhere in a file: imports inside functions
 count), plus the `__init__.py` of every package on the way. `dvc repro` re-runs a stage only
 when one of its `deps` changes, so a reachable file that is not covered by a dep (the file, or
@@ -80,11 +81,17 @@ def stages(dvc_yaml: Path) -> dict[str, dict]:
     return out
 
 
-def entry_module(cmd: str) -> str:
+def entry_modules(cmd: str) -> list[str]:
+    """The modules `python -m <module> ...` runs; `python -m flows.stage <name>` (the
+    launcher, flows/stage.py) runs flows.<name> too."""
     argv = shlex.split(cmd)
     if "-m" not in argv:
         raise ValueError(f"stage command {cmd!r} is not `python -m <module> ...`")
-    return argv[argv.index("-m") + 1]
+    i = argv.index("-m")
+    module = argv[i + 1]
+    if module == "flows.stage":
+        return [module, f"flows.{argv[i + 2]}"]
+    return [module]
 
 
 def covered(path: Path, deps: list[str]) -> bool:
@@ -96,7 +103,7 @@ def drift(dvc_yaml: Path, repo: Path = REPO) -> dict[str, dict[str, list[str]]]:
     that it never reaches (`unused`)."""
     out = {}
     for name, st in stages(dvc_yaml).items():
-        code = reachable(entry_module(st["cmd"]), repo)
+        code = set().union(*(reachable(m, repo) for m in entry_modules(st["cmd"])))
         missing = sorted(str(p) for p in code if not covered(p, st["deps"]))
         listed = [Path(d) for d in st["deps"] if d.endswith(".py")]
         unused = sorted(str(p) for p in listed if p not in code)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run a command with one local Prefect server shared by all its processes (each DVC stage is a
-# process; without this each would start and stop a temporary server: ~8-12 s per stage).
+# process; without this each would start and stop a temporary server: ~8-12 s per stage), and
+# a warm stage runner (flows/warm.py: torch, transformers, Prefect and MLflow imported once,
+# one forked child per stage; DEPT_NO_WARM=1 turns it off).
 #   scripts/with_prefect_server.sh dvc repro
 # If PREFECT_API_URL is already set, the command just runs against that server.
 set -euo pipefail
@@ -11,7 +13,14 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 mkdir -p "$PREFECT_HOME"
 prefect server start --host 127.0.0.1 --port "$port" > "$PREFECT_HOME/server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+warm=""
+trap 'kill $warm $server 2>/dev/null; wait $warm $server 2>/dev/null || true' EXIT
+if [ -z "${DEPT_NO_WARM:-}" ]; then  # imports while the server starts
+  export DEPT_WARM_SOCKET="${TMPDIR:-/tmp}/dept-warm-$$.sock"
+  PREFECT_API_URL="http://127.0.0.1:$port/api" \
+    python -m flows.warm --socket "$DEPT_WARM_SOCKET" > "$PREFECT_HOME/warm.log" 2>&1 &
+  warm=$!
+fi
 for _ in $(seq 1 240); do
   if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/api/health', timeout=2)" 2>/dev/null; then
     break

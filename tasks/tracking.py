@@ -132,7 +132,7 @@ def log_pretraining(sink: MlflowSink, metrics: dict) -> None:
     """Replay a finished pre-training (its metrics.json) into a run: the per-round curves
     exactly as the live run logged them, then the summary (an evaluation that runs in another
     execution than its pre-training still gives its variant a complete run)."""
-    from dept_core.run import round_metrics
+    from dept_core.metrics import round_metrics
 
     down = up = 0
     for record in metrics["history"]:

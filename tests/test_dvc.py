@@ -1,12 +1,14 @@
 """`dvc repro` on the smoke config (a real DVC pipeline, one process per stage, the session's
-Prefect server): one MLflow parent run for the execution, one child per variant holding its
-pre-training curves and its evaluation, and the comparison on the parent."""
+Prefect server, the warm stage runner as `make demo` has it): one MLflow parent run for the
+execution, one child per variant holding its pre-training curves and its evaluation, and the
+comparison on the parent. And the warm runner's fallbacks."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,12 +38,35 @@ def repro(tmp_path_factory, cli_env):
     _git(root, "init", "-q")
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "project")
-    dvc = str(Path(sys.executable).parent / "dvc")
-    env = {**cli_env, "PATH": f"{Path(sys.executable).parent}:{cli_env['PATH']}"}
-    proc = subprocess.run([dvc, "repro"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root
+    env = _env(cli_env, root)
+    warm = subprocess.Popen([sys.executable, "-m", "flows.warm", "--socket",
+                             env["DEPT_WARM_SOCKET"]], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(root / "warm.log", "w"))
+    try:
+        proc = subprocess.run([DVC, "repro"], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        yield root
+    finally:
+        warm.terminate()
+        warm.wait(30)
+
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def _env(cli_env: dict, root: Path) -> dict:
+    return {**cli_env, "PATH": f"{Path(sys.executable).parent}:{cli_env['PATH']}",
+            "DEPT_WARM_SOCKET": str(root / "warm.sock")}
+
+
+def test_every_stage_ran_in_a_child_of_the_warm_runner(repro):
+    log = (repro / "warm.log").read_text()
+    assert "warm runner ready" in log and "refused" not in log
+    for stage in ("prepare", "tokenizers", "compare", *(f"pretrain --variant {v} --seed 0"
+                                                        for v in CLI_VARIANTS),
+                  *(f"evaluate --variant {v} --seed 0" for v in [*CLI_VARIANTS, "random"])):
+        assert f"{stage}: exit 0" in log, stage
 
 
 def test_dvc_repro_is_one_parent_run_with_one_child_per_variant(repro):
@@ -80,10 +105,9 @@ def test_an_evaluation_in_a_new_execution_still_gives_each_variant_a_complete_ru
     from metrics.json, equal to the ones logged live."""
     from mlflow.tracking import MlflowClient
 
-    dvc = str(Path(sys.executable).parent / "dvc")
-    env = {**cli_env, "PATH": f"{Path(sys.executable).parent}:{cli_env['PATH']}"}
-    proc = subprocess.run([dvc, "exp", "run", "-S", "evaluate.plasticity_steps=6"], cwd=repro,
-                          env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run([DVC, "exp", "run", "-S", "evaluate.plasticity_steps=6"], cwd=repro,
+                          env=_env(cli_env, repro), capture_output=True, text=True,
+                          timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Running stage 'pretrain" not in proc.stdout
     client = MlflowClient(f"sqlite:///{repro}/mlflow.db")
@@ -101,3 +125,35 @@ def test_an_evaluation_in_a_new_execution_still_gives_each_variant_a_complete_ru
             r.info.run_id, "comm/cumulative_bytes")) for r in kids if r.info.run_name != "random"}
 
     assert curves(new) == curves(old) and len(curves(new)) == len(CLI_VARIANTS)
+
+
+def test_a_stage_runs_itself_when_no_warm_runner_can_serve_it(repro, cli_env, tmp_path):
+    """No runner at the socket, or a runner serving another directory: the stage runs in its
+    own process, with the same result (here: the one-line error of a bad override, status 2)."""
+    bad = [sys.executable, "-m", "flows.stage", "compare", "--set", "train.rounds=-1"]
+    served = subprocess.run(bad, cwd=repro, env=_env(cli_env, repro), capture_output=True,
+                            text=True, timeout=300)  # through the runner: the same contract
+    assert served.returncode == 2 and served.stderr.count("dept: error: ") == 1, served.stderr
+    assert "compare --set train.rounds=-1: exit 2" in (repro / "warm.log").read_text()
+    env = {**_env(cli_env, repro), "DEPT_WARM_SOCKET": str(tmp_path / "nobody.sock")}
+    proc = subprocess.run(bad, cwd=repro, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("dept: error: ") == 1, proc.stderr
+    assert "train.rounds" in proc.stderr
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    sock = str(tmp_path / "w.sock")
+    warm = subprocess.Popen([sys.executable, "-m", "flows.warm", "--socket", sock],
+                            cwd=elsewhere, env={**env, "DEPT_WARM_SOCKET": sock},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # listening (it imports after binding: the request then waits)
+            if Path(sock).exists():
+                break
+            time.sleep(0.05)
+        proc = subprocess.run(bad, cwd=repro, env={**env, "DEPT_WARM_SOCKET": sock},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "train.rounds" in proc.stderr, proc.stderr
+    finally:
+        warm.terminate()
+        err = warm.communicate(timeout=30)[1]
+    assert f"refused compare: working directory {repro} is not {elsewhere}" in err
