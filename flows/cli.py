@@ -120,6 +120,39 @@ def _call(args: argparse.Namespace):
     raise AssertionError(a.command)
 
 
+def _temporary_prefect_server(args: argparse.Namespace):
+    """Without PREFECT_API_URL the first flow starts a temporary Prefect server and waits
+    ~10 s for it; start that same server (Prefect keeps one per process) in a thread now,
+    while the stage's imports run, when the configuration is valid (bad input never starts
+    one). The caller joins the thread before any flow runs."""
+    import threading
+
+    from dept_core.errors import DeptError
+    from flows.common import load
+
+    try:
+        load(args.params, args.overrides)
+    except DeptError:
+        return None  # run_stage reports it, before any server
+    from prefect.settings import PREFECT_API_URL
+
+    if args.command == "serve" or PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance get_client() uses
+    thread = threading.Thread(target=_start_quietly, args=(server,), daemon=True)
+    thread.start()
+    return thread
+
+
+def _start_quietly(server) -> None:
+    try:
+        server.start()
+    except Exception:  # noqa: BLE001 (the first flow starts it again and reports why)
+        pass
+
+
 def _experiment_id(uri: str) -> str | None:
     try:
         from mlflow.tracking import MlflowClient
@@ -164,7 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     check = None
     if args.command in ("run", "train", "serve", "evaluate", "compare"):
         from tasks.tracking import check_tracking_uri as check
-    code = run_stage(args.command, args, _call(args), check)
+    server = _temporary_prefect_server(args)
+    call = _call(args)  # torch, transformers, ... import while the server starts
+    if server is not None:
+        server.join()
+    code = run_stage(args.command, args, call, check)
     if code:
         raise SystemExit(code)
 
