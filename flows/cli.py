@@ -6,8 +6,10 @@ Bad input ends with one line `dept: error: ...` naming the culprit, and exit sta
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from dept_core.errors import DeptError
 from flows.common import (add_backend_args, add_config_args, add_seed_arg, add_variant_arg,
                           backend_overrides, run_stage)
 
@@ -121,36 +123,86 @@ def _call(args: argparse.Namespace):
 
 
 def _temporary_prefect_server(args: argparse.Namespace):
-    """Without PREFECT_API_URL the first flow starts a temporary Prefect server and waits
-    ~10 s for it; start that same server (Prefect keeps one per process) in a thread now,
-    while the stage's imports run, when the configuration is valid (bad input never starts
-    one). The caller joins the thread before any flow runs."""
-    import threading
+    """Without PREFECT_API_URL, Prefect would start a temporary server at the first flow run
+    and wait for it (~10 s, ~6 s of it importing the server in this process). Start the same
+    server (uvicorn over Prefect's app, as Prefect starts it: ephemeral mode, no UI, this
+    Prefect home) as a subprocess now, while this process imports torch & co. on the other
+    core, and point this process at it (before Prefect reads its settings). Only for a valid
+    configuration (bad input never starts a server). Returns a function that waits until the
+    server answers, or None when nothing was started."""
+    import atexit
+    import importlib.util
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
 
     from dept_core.errors import DeptError
     from flows.common import load
 
+    if args.command == "serve" or os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return None
     try:
         load(args.params, args.overrides)
     except DeptError:
         return None  # run_stage reports it, before any server
-    from prefect.settings import PREFECT_API_URL
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app_dir = Path(importlib.util.find_spec("prefect").submodule_search_locations[0]).parent
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1"}
 
-    if args.command == "serve" or PREFECT_API_URL.value():
-        return None
-    from prefect.server.api.server import SubprocessASGIServer
+    def die_with_parent() -> None:  # Linux: a kill -9 of this process stops the server too
+        try:
+            import ctypes
 
-    server = SubprocessASGIServer()  # the instance get_client() uses
-    thread = threading.Thread(target=_start_quietly, args=(server,), daemon=True)
-    thread.start()
-    return thread
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    url = f"http://127.0.0.1:{port}"
+    os.environ["PREFECT_API_URL"] = f"{url}/api"
+    print(f"dept: temporary Prefect server on {url}", file=sys.stderr)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    atexit.register(stop)
+    return lambda: _wait_healthy(f"{url}/api/health", proc)
 
 
-def _start_quietly(server) -> None:
-    try:
-        server.start()
-    except Exception:  # noqa: BLE001 (the first flow starts it again and reports why)
-        pass
+def _wait_healthy(health: str, proc) -> None:
+    import os
+    import time
+    import urllib.request
+
+    from dept_core.errors import DeptError
+
+    end = time.monotonic() + float(os.environ.get(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise DeptError(f"the temporary Prefect server exited with status {proc.returncode}"
+                            f" before answering (start one yourself and set PREFECT_API_URL)")
+        try:
+            urllib.request.urlopen(health, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise DeptError(f"the temporary Prefect server did not answer {health} in time")
 
 
 def _experiment_id(uri: str) -> str | None:
@@ -197,10 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     check = None
     if args.command in ("run", "train", "serve", "evaluate", "compare"):
         from tasks.tracking import check_tracking_uri as check
-    server = _temporary_prefect_server(args)
+    wait_for_server = _temporary_prefect_server(args)
     call = _call(args)  # torch, transformers, ... import while the server starts
-    if server is not None:
-        server.join()
+    if wait_for_server is not None:
+        try:
+            wait_for_server()
+        except DeptError as exc:
+            print(f"dept: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     code = run_stage(args.command, args, call, check)
     if code:
         raise SystemExit(code)

@@ -61,10 +61,10 @@ def evaluate_task(cfg: Config, variant: str, root: Path,
         result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
         path = layout.evaluate_metrics(root, variant, cfg.train.seed)
         write_json(path, result)
-        sink.log(evaluation_metrics(result), step=0)
-        for src, curve in result.get("plasticity", {}).get("curves", {}).items():
-            for point in curve:
-                sink.log({f"plasticity_bpb/{src}": point["bpb"]}, step=point["step"])
+        sink.log_steps([(evaluation_metrics(result), 0)] + [
+            ({f"plasticity_bpb/{src}": point["bpb"]}, point["step"])
+            for src, curve in result.get("plasticity", {}).get("curves", {}).items()
+            for point in curve])
         client.log_artifact(run_id, str(path), "evaluation")
         client.set_tag(run_id, "dept.evaluated", "1")
     cpt = result.get("continued", {}).get("fresh", {})

@@ -101,19 +101,38 @@ def data_digest(root: Path) -> str:
 
 
 class MlflowSink:
-    """The core's metrics sink: one `log_batch` per round (~0.1 ms per metric on sqlite)."""
+    """The core's metrics sink: one `log_batch` per call, queued (MLflow's asynchronous
+    logging: the rounds do not wait for the store); every queued batch is written before
+    the run ends (`_ended`)."""
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        self.log_steps([(metrics, step)])
+
+    def log_steps(self, points: list[tuple[dict[str, float], int]]) -> None:
+        """Several steps' metrics in as few batches as MLflow allows (curves)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step) for metrics, step in points
+                 for k, v in metrics.items()]
         faults.point("mlflow-log")
         for i in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+            op = self.client.log_batch(self.run_id, metrics=batch[i:i + 900],
+                                       synchronous=False)
+            _PENDING.setdefault(self.run_id, []).append(op)
+
+
+_PENDING: dict[str, list] = {}  # run id -> queued MLflow operations
+
+
+def flush(run_id: str) -> None:
+    """Wait until every batch queued for `run_id` is in the store (raises its error)."""
+    for op in _PENDING.pop(run_id, []):
+        if op is not None:
+            op.wait()
 
 
 def pretraining_summary(metrics: dict) -> dict[str, float]:
@@ -135,11 +154,12 @@ def log_pretraining(sink: MlflowSink, metrics: dict) -> None:
     from dept_core.metrics import round_metrics
 
     down = up = 0
+    points = []
     for record in metrics["history"]:
         down, up = down + record["comm"]["down"], up + record["comm"]["up"]
-        sink.log(round_metrics(record, {"bytes_down_total": down, "bytes_up_total": up},
-                               list(metrics["sources"])), step=record["round"])
-    sink.log(pretraining_summary(metrics), step=metrics["rounds"])
+        points.append((round_metrics(record, {"bytes_down_total": down, "bytes_up_total": up},
+                                     list(metrics["sources"])), record["round"]))
+    sink.log_steps([*points, (pretraining_summary(metrics), metrics["rounds"])])
 
 
 def _process_id() -> str:
@@ -363,9 +383,20 @@ def _ended(client, run_id: str) -> Iterator[None]:
     status = "FAILED"
     try:
         yield
+        flush(run_id)
         status = "FINISHED"
     finally:
+        if status == "FAILED":
+            _quiet_flush(run_id)
         client.set_terminated(run_id, status)
+
+
+def _quiet_flush(run_id: str) -> None:
+    """On failure: write what was queued, without masking the error that ended the run."""
+    try:
+        flush(run_id)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _log_dataset(client, run_id: str, root: Path) -> None:

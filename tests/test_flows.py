@@ -153,3 +153,28 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path, args, message):
 def test_cli_unknown_variant(tmp_path):
     proc = _dept("train", "--variant", "fedavg", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice: 'fedavg'" in proc.stderr
+
+
+def test_dept_without_a_prefect_server_starts_a_temporary_one_and_stops_it(tmp_path, cli_env):
+    """No PREFECT_API_URL: `dept` starts a temporary Prefect server (while it imports), runs
+    the stage against it, and the server is gone when `dept` exits."""
+    import re
+    import socket
+
+    from tests.conftest import cli_params, write_params
+
+    write_params(tmp_path, cli_params())
+    env = {k: v for k, v in cli_env.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / ".prefect")
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "prepare"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    port = int(re.search(r"temporary Prefect server on http://127.0.0.1:(\d+)",
+                         proc.stderr).group(1))
+    assert (tmp_path / "data/prepared/manifest.json").is_file()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # bad input starts no server at all
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--set", "seed=-1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "temporary Prefect server" not in bad.stderr, bad.stderr
