@@ -1,13 +1,15 @@
 """Orchestration overhead of the pipeline: Prefect + MLflow + DVC as a share of wall time.
 
     python benchmarks/orchestration.py [--params configs/smoke.yaml] [--skip-dvc]
-                                       [--skip-per-stage-servers]
+                                       [--skip-per-stage-servers] [--cold-stages]
 
 Runs the same pipeline three ways, side by side, in fresh copies of the project:
   compute  the dept_core functions called directly in one process (no orchestration);
   dept run the Prefect pipeline flow in one process (temporary Prefect server, MLflow runs);
-  dvc      `dvc repro` (one process per stage), with one shared Prefect server as
-           `make demo` runs it, and with a temporary server per stage.
+  dvc      `dvc repro` (one process per stage), with one shared Prefect server and the warm
+           stage runner as `make demo` runs it; with `--cold-stages` also without the warm
+           runner (every stage imports the stack itself); and with a temporary server per
+           stage (no shared server, no warm runner).
 Overhead = (wall − compute) / wall. Prints a table; figures go in the README.
 """
 
@@ -75,6 +77,8 @@ def main() -> None:
     ap.add_argument("--skip-dvc", action="store_true")
     ap.add_argument("--skip-per-stage-servers", action="store_true",
                     help="skip `dvc repro` with a temporary Prefect server per stage")
+    ap.add_argument("--cold-stages", action="store_true",
+                    help="also `dvc repro` with the shared server but no warm stage runner")
     args = ap.parse_args()
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
@@ -91,16 +95,21 @@ def main() -> None:
                  timed([sys.executable, "-m", "flows.cli", "run"], fresh_copy(Path(args.params)),
                        env)))
     if not args.skip_dvc:
-        rows.append(("dvc repro, one shared Prefect server (make demo)",
+        rows.append(("dvc repro, shared server + warm runner (= make demo)",
                      timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
                            fresh_copy(Path(args.params)), env)))
+    if not args.skip_dvc and args.cold_stages:
+        rows.append(("dvc repro, shared server, no warm runner",
+                     timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
+                           fresh_copy(Path(args.params)), {**env, "DEPT_NO_WARM": "1"})))
     if not args.skip_dvc and not args.skip_per_stage_servers:
         rows.append(("dvc repro, a temporary server per stage",
-                     timed(["dvc", "repro"], fresh_copy(Path(args.params)), env)))
+                     timed(["dvc", "repro"], fresh_copy(Path(args.params)),
+                           {k: v for k, v in env.items() if k != "DEPT_WARM_SOCKET"})))
     print(f"params: {args.params}   compute (core functions only): {compute:.1f} s")
-    print(f"{'how':45s} {'wall s':>8s} {'overhead':>9s}")
+    print(f"{'how':55s} {'wall s':>8s} {'overhead':>9s}")
     for name, wall in rows:
-        print(f"{name:45s} {wall:8.1f} {100 * (wall - compute) / wall:8.1f} %")
+        print(f"{name:55s} {wall:8.1f} {100 * (wall - compute) / wall:8.1f} %")
 
 
 if __name__ == "__main__":

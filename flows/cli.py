@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("run", "train", "serve", "evaluate", "compare"):
         from tasks.tracking import check_tracking_uri as check
     wait_for_server = _temporary_prefect_server(args)
-    call = _call(args)  # torch, transformers, ... import while the server starts
+    call = _call(args)  # torch, transformers, ... import while the Prefect server boots
     if wait_for_server is not None:
         try:
             wait_for_server()

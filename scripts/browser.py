@@ -9,6 +9,7 @@ Chromium is Debian's package (`make browser` installs it); nothing is downloaded
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -144,6 +145,107 @@ def screenshot(url: str, path: Path, wait_ms: int = 20000, size: str = "1600,100
     return path
 
 
+EXPANDERS = 'button[data-component-id*="runnamecellrenderer"]'  # a parent run's (+) button
+# the headline metrics every variant's run has (tasks/tracking.py, tasks/evaluate.py)
+HEADLINE = ["final/val_bpb_mean", "test_bpb_id_mean", "cpt_fresh_bpb_id_mean",
+            "cpt_fresh_bpb_ood_mean", "plasticity_bpb_auc_mean", "downstream/accuracy",
+            "final/comm_bytes_total", "final/embedding_mb_per_source"]
+
+
+def expanded_runs(url: str, experiment: str, path: Path | None = None,
+                  metrics: list[str] = (), size: tuple[int, int] = (1600, 1000),
+                  timeout: float = 90, view: str | None = None) -> str:
+    """The MLflow runs table at `url` as a user who expanded it would see it: every parent
+    run expanded (MLflow shows child runs collapsed under their parent), the `metrics` shown
+    as columns (MLflow hides metric columns when a run has many), the assistant panel closed.
+    Headless Chromium driven over the DevTools protocol writes the UI's own local-storage
+    settings, reloads, and clicks any expander still closed. Returns the DOM; with `path`,
+    also a PNG screenshot; with `view`, the DOM and screenshot are of that URL (e.g. the
+    chart view) opened with the same settings."""
+    import base64
+    import tempfile
+
+    from websockets.sync.client import connect
+
+    exe = chromium()
+    if exe is None:
+        raise RuntimeError("no Chromium on this machine (`make browser` installs Debian's)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="dept-chromium-") as profile:
+        proc = subprocess.Popen(
+            [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--hide-scrollbars", f"--window-size={size[0]},{size[1]}",
+             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            end = time.monotonic() + timeout
+            while True:
+                try:
+                    pages = json.load(urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/json/list", timeout=2))
+                    ws_url = next(p["webSocketDebuggerUrl"] for p in pages
+                                  if p["type"] == "page")
+                    break
+                except (OSError, StopIteration, ValueError):
+                    if time.monotonic() > end:
+                        raise TimeoutError("Chromium's DevTools endpoint did not answer")
+                    time.sleep(0.2)
+            with connect(ws_url, max_size=None) as ws:
+                ids = iter(range(1, 1 << 30))
+
+                def call(method: str, **params):
+                    i = next(ids)
+                    ws.send(json.dumps({"id": i, "method": method, "params": params}))
+                    while True:
+                        msg = json.loads(ws.recv(timeout=timeout))
+                        if msg.get("id") == i:
+                            return msg.get("result", {})
+
+                def js(expr: str):
+                    return call("Runtime.evaluate", expression=expr,
+                                returnByValue=True)["result"].get("value")
+
+                def wait_rows() -> None:
+                    while not js(f"document.querySelectorAll('{EXPANDERS}').length"):
+                        if time.monotonic() > end:
+                            raise TimeoutError(f"no parent run in the runs table at {url}")
+                        time.sleep(0.5)
+
+                call("Page.navigate", url=url)
+                wait_rows()
+                key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState'
+                cols = json.dumps([f"metrics.`{m}`" for m in metrics])
+                js(f"""(() => {{
+                    const k = {json.dumps(key)};
+                    const st = JSON.parse(localStorage.getItem(k) || "{{}}");
+                    st.selectedColumns = [...(st.selectedColumns || []).filter(
+                        c => c.includes("Dataset")), ...{cols}];
+                    localStorage.setItem(k, JSON.stringify(st));
+                    localStorage.setItem("MLflowLocalStorage-1.1-ExperimentView-{experiment}-expandRows", "true");
+                    localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+                }})()""")
+                if view:
+                    call("Page.navigate", url=view)
+                call("Page.reload")
+                time.sleep(1.0)
+                if view:
+                    time.sleep(8.0)  # charts draw
+                else:
+                    wait_rows()
+                    time.sleep(2.0)
+                js(f"""document.querySelectorAll('{EXPANDERS}').forEach(b => {{
+                    if (b.closest('[role=row]') && !b.closest('[role=row]').nextElementSibling)
+                        b.click(); }})""")
+                time.sleep(3.0)  # the children's rows render
+                if path is not None:
+                    shot = call("Page.captureScreenshot", format="png")
+                    Path(path).write_bytes(base64.b64decode(shot["data"]))
+                return js("document.documentElement.outerHTML")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def experiment_id(project: Path) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from mlflow.tracking import MlflowClient
@@ -165,9 +267,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     exp = experiment_id(project)
     with mlflow_ui(project) as base:
-        print(screenshot(base + RUNS_VIEW.format(id=exp), out / "mlflow-runs.png"))
-        print(screenshot(base + CHART_VIEW.format(id=exp), out / "mlflow-charts.png",
-                         size="1600,1200"))
+        runs = base + RUNS_VIEW.format(id=exp)
+        print(expanded_runs(runs, exp, out / "mlflow-runs.png", HEADLINE, size=(2000, 800))
+              and out / "mlflow-runs.png")
+        print(expanded_runs(runs, exp, out / "mlflow-charts.png", HEADLINE, size=(1600, 1200),
+                            view=base + CHART_VIEW.format(id=exp))
+              and out / "mlflow-charts.png")
         _, variants = latest_execution(project)
         print(screenshot(base + compare_view(list(variants.values()), exp),
                          out / "mlflow-compare.png", size="1600,2400"))

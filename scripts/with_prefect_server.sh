@@ -15,7 +15,7 @@ prefect server start --host 127.0.0.1 --port "$port" > "$PREFECT_HOME/server.log
 server=$!
 warm=""
 trap 'kill $warm $server 2>/dev/null; wait $warm $server 2>/dev/null || true' EXIT
-if [ -z "${DEPT_NO_WARM:-}" ]; then  # imports while the server starts
+if [ -z "${DEPT_NO_WARM:-}" ]; then  # imports while the Prefect server boots
   export DEPT_WARM_SOCKET="${TMPDIR:-/tmp}/dept-warm-$$.sock"
   PREFECT_API_URL="http://127.0.0.1:$port/api" \
     python -m flows.warm --socket "$DEPT_WARM_SOCKET" > "$PREFECT_HOME/warm.log" 2>&1 &

@@ -335,7 +335,9 @@ def test_pretrain_flow_option_trains_through_torchrun(tokenized_root, tiny_raw, 
     assert {p.name for p in (root / "results/pretrain/spec/seed-0/models").iterdir()} == \
         {"en", "de", "ja"}
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("dept").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("dept").experiment_id])
+    (run,) = [r for r in runs if r.data.tags.get("variant") == "spec"]  # under its execution
+    assert run.data.tags["mlflow.parentRunId"] in {r.info.run_id for r in runs}
     assert run.data.params["train.backend"] == "torchrun"
     history = client.get_metric_history(run.info.run_id, "val_bpb_mean")
     # the mean is logged from the first round after which every source has SPEC embeddings

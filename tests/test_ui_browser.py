@@ -9,6 +9,7 @@ Prefect: a server over a Prefect home in which `dept prepare` ran; its flow-runs
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,17 +33,25 @@ def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(referen
     parent, variants = browser.latest_execution(reference_run)
     assert set(variants) == {*CLI_VARIANTS, "random"}
     with browser.mlflow_ui(reference_run) as base:
-        table = browser.dom(base + browser.RUNS_VIEW.format(id=exp))
+        table = browser.expanded_runs(base + browser.RUNS_VIEW.format(id=exp), exp,
+                                      metrics=browser.HEADLINE, size=(2000, 900))
         compare = browser.dom(base + browser.compare_view(list(variants.values()), exp),
                               size="1600,2400")
-    # the runs table in the model-training view: the execution's parent run (the variants'
-    # runs are its children)
+    # the runs table in the model-training view: the execution's parent run, expanded into
+    # one row per variant, each with its headline metrics (pre-training and evaluation)
     assert "Model training" in table and ">pipeline " in table
-    # the compare view: one column per variant, pre-training and evaluation headline metrics
-    # of each in its one run
+    for name in variants:
+        assert f">{name}<" in table, name
+    for metric in browser.HEADLINE:
+        cells = re.findall(r'col-id="metrics\.`' + re.escape(metric) + r'`"[^>]*>(.*?)</div>',
+                           table)
+        values = [v for v in (re.sub(r"<[^>]+>", "", c).strip() for c in cells)
+                  if re.fullmatch(r"[-+0-9.e]+", v)]
+        want = len(CLI_VARIANTS) + (metric.startswith(("cpt_", "plasticity", "downstream")))
+        assert len(values) >= want, (metric, values)
+    # the compare view: one column per run, pre-training and evaluation metrics in each
     for name in variants:
         assert f">{name}<" in compare, name
-    # (the page renders the metric rows near the top alphabetically)
     for metric in ("comm/cumulative_bytes", "cpt_fresh_bpb_id_mean", "cpt_fresh_bpb_ood_mean"):
         assert metric in compare, metric
 
