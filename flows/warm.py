@@ -21,6 +21,7 @@ held by it). Requests are served one at a time, in order (DVC runs stages one af
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import select
@@ -98,8 +99,9 @@ def _child(req: dict, fds: list[int]) -> None:
         traceback.print_exc()
         code = 1
     finally:
-        try:
-            sys.stdout.flush()
+        try:  # exit as a process does (Prefect's log shipping, MLflow's queue, logging
+            atexit._run_exitfuncs()  # flush in atexit handlers) without unwinding into
+            sys.stdout.flush()       # the runner's own loop
             sys.stderr.flush()
         finally:
             os._exit(code if isinstance(code, int) else 1)
