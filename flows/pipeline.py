@@ -11,7 +11,9 @@ pre-training curves and its evaluation, so the UI compares them side by side.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
+from dept_core import report
 from dept_core.variants import REFERENCE
 from flows.common import load, run_stage, stage_parser
 from flows.compare import compare_flow, print_comparison
@@ -49,8 +51,11 @@ def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = Non
                     evaluate_task(run_cfg, variant, root_path, parent_id)
             if evaluate and cfg.evaluate.reference:  # the untrained body: the floor of every comparison
                 evaluate_task(run_cfg, REFERENCE, root_path, parent_id)
-        compare_flow(params, overrides, str(root_path), mlflow_run_id=parent_id)
+        summary = compare_flow(params, overrides, str(root_path), mlflow_run_id=parent_id)
         log_comparison(client, parent_id, root_path)
+    # the table on the pipeline's own flow run too (Prefect UI: the run's Artifacts tab)
+    create_markdown_artifact(report.markdown(summary), key="dept-comparison",
+                             description="DEPT variants side by side")
     get_run_logger().info("done: %s", ", ".join(results))
     return results
 

@@ -178,3 +178,16 @@ def test_dept_without_a_prefect_server_starts_a_temporary_one_and_stops_it(tmp_p
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--set", "seed=-1"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "temporary Prefect server" not in bad.stderr, bad.stderr
+
+
+def test_the_comparison_table_is_an_artefact_of_the_pipeline_flow_run(project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dept-comparison"])))
+        flows = {client.read_flow(client.read_flow_run(a.flow_run_id).flow_id).name: a
+                 for a in arts if a.flow_run_id}
+    assert {"dept_pipeline", "compare"} <= set(flows)
+    assert "| variant |" in flows["dept_pipeline"].data
