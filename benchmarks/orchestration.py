@@ -4,7 +4,8 @@
                                        [--skip-per-stage-servers] [--cold-stages]
 
 Runs the same pipeline three ways, side by side, in fresh copies of the project:
-  compute  the dept_core functions called directly in one process (no orchestration);
+  compute  the dept_core functions called directly in one process (no orchestration), with
+           the per-round checkpoints the pipeline writes;
   dept run the Prefect pipeline flow in one process (temporary Prefect server, MLflow runs);
   dvc      `dvc repro` (one process per stage), with one shared Prefect server and the warm
            stage runner as `make demo` runs it; with `--cold-stages` also without the warm
@@ -31,7 +32,7 @@ from pathlib import Path
 from dept_core.config import load_config
 from benchmarks.common import build_project
 from dept_core import layout, report
-from dept_core.run import train_variant, write_outputs
+from dept_core.run import run_key, train_variant, write_outputs
 from dept_core.evaluate import run_protocol
 import torch
 root = Path.cwd(); base = load_config("params.yaml")
@@ -41,7 +42,11 @@ metrics, evals = {}, {}
 for seed in base.train.seeds:
     cfg = base.with_train_seed(seed)
     for v in cfg.train.variants:
-        res, _ = train_variant(cfg, v, root / "data/prepared", root / "data/tokenizers", None)
+        prep, tok = root / "data/prepared", root / "data/tokenizers"
+        # the per-round checkpoints every pipeline run writes (dept_core's work, not
+        # orchestration's: the same files as `dept train` writes)
+        ckpt = layout.checkpoint_dir(root, v, run_key(cfg, v, prep, tok))
+        res, _ = train_variant(cfg, v, prep, tok, ckpt)
         write_outputs(cfg, res, root / "data/tokenizers", layout.pretrain_dir(root, v, seed))
         metrics.setdefault(v, {})[seed] = res.metrics
         evals.setdefault(v, {})[seed] = run_protocol(cfg, v, root, torch.device("cpu"),

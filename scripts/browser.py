@@ -224,19 +224,18 @@ def expanded_runs(url: str, experiment: str, path: Path | None = None,
                     localStorage.setItem("MLflowLocalStorage-1.1-ExperimentView-{experiment}-expandRows", "true");
                     localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
                 }})()""")
-                if view:
-                    call("Page.navigate", url=view)
+                call("Page.navigate", url=view or url)
                 call("Page.reload")
                 time.sleep(1.0)
-                if view:
-                    time.sleep(8.0)  # charts draw
-                else:
-                    wait_rows()
-                    time.sleep(2.0)
-                js(f"""document.querySelectorAll('{EXPANDERS}').forEach(b => {{
-                    if (b.closest('[role=row]') && !b.closest('[role=row]').nextElementSibling)
-                        b.click(); }})""")
-                time.sleep(3.0)  # the children's rows render
+                wait_rows()
+                time.sleep(2.0)
+                if not view:  # any parent the setting left closed (it toggles on a click)
+                    js(f"""document.querySelectorAll('{EXPANDERS}').forEach(b => {{
+                        const row = b.closest('[role=row]');
+                        if (row && !row.nextElementSibling) b.click(); }})""")
+                else:  # the chart view's run list opens collapsed whatever the setting
+                    js(f"document.querySelectorAll('{EXPANDERS}').forEach(b => b.click())")
+                time.sleep(8.0 if view else 3.0)  # the children's rows (and charts) render
                 if path is not None:
                     shot = call("Page.captureScreenshot", format="png")
                     Path(path).write_bytes(base64.b64decode(shot["data"]))
