@@ -224,7 +224,8 @@ def expanded_runs(url: str, experiment: str, path: Path | None = None,
                     localStorage.setItem("MLflowLocalStorage-1.1-ExperimentView-{experiment}-expandRows", "true");
                     localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
                 }})()""")
-                call("Page.navigate", url=view or url)
+                if view:  # (navigating within the app would write its state back first)
+                    call("Page.navigate", url=view)
                 call("Page.reload")
                 time.sleep(1.0)
                 wait_rows()

@@ -46,7 +46,7 @@ def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(referen
         cells = re.findall(r'col-id="metrics\.`' + re.escape(metric) + r'`"[^>]*>(.*?)</div>',
                            table)
         values = [v for v in (re.sub(r"<[^>]+>", "", c).strip() for c in cells)
-                  if re.fullmatch(r"[-+0-9.e]+", v)]
+                  if re.fullmatch(r"[-+]?[0-9][0-9.]*(e[-+]?[0-9]+)?", v)]
         want = len(CLI_VARIANTS) + (metric.startswith(("cpt_", "plasticity", "downstream")))
         assert len(values) >= want, (metric, values)
     # the compare view: one column per run, pre-training and evaluation metrics in each
