@@ -8,9 +8,10 @@ checkpoints/); cells whose data sections agree share prepared data and tokenizer
 (studies/<name>/data/<key>/). A finished cell carries `done.json` and is never recomputed; a
 killed study started again skips the finished cells and resumes the interrupted one from its
 last finished round (the pipeline's checkpoints). MLflow: one parent run per study (reused
-when the study continues), each cell's pipeline run a child of it, each variant's runs
-children of their cell's. The report: results/study/<name>/ (summary.md, summary.json,
-gap.csv, plots/gap_*.png), also on the study's MLflow run.
+when the study continues), each cell's pipeline run a child of it, each variant's run (one
+per seed: pre-training and, where chosen, evaluation) a child of its cell's. The report:
+results/study/<name>/ (summary.md, summary.json, gap.csv, plots/*.png against the budget),
+also on the study's MLflow run.
 """
 
 from __future__ import annotations
