@@ -191,3 +191,46 @@ def test_the_comparison_table_is_an_artefact_of_the_pipeline_flow_run(project):
                  for a in arts if a.flow_run_id}
     assert {"dept_pipeline", "compare"} <= set(flows)
     assert "| variant |" in flows["dept_pipeline"].data
+
+
+def test_metrics_queue_writes_in_order_and_an_error_surfaces_when_the_run_ends(tmp_path):
+    """The sink's background writer: every queued batch is in the store, in order, once the
+    run ends; a batch the store refuses fails the run instead of vanishing."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("sink")
+    run = client.create_run(exp).info.run_id
+    sink = tracking.MlflowSink(client, run)
+    for step in range(30):
+        sink.log_steps([({"loss": 100.0 - step}, step)])
+    with tracking._ended(client, run):
+        pass
+    hist = client.get_metric_history(run, "loss")
+    assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(30))
+    assert client.get_run(run).info.status == "FINISHED"
+
+    bad = client.create_run(exp).info.run_id
+    client.set_terminated(bad, "FINISHED")
+    client.delete_run(bad)  # a deleted run refuses writes
+    tracking.MlflowSink(client, bad).log({"loss": 1.0}, 0)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="active"):
+        tracking.flush(bad)
+
+
+def test_flow_heartbeats_are_off_for_runs_from_a_terminal_unless_configured(monkeypatch):
+    from prefect.settings import get_current_settings
+
+    from flows.common import _no_heartbeats
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    with _no_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency is not None  # restored
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with _no_heartbeats():  # (the setting is read from the environment per context)
+        assert get_current_settings().flows.heartbeat_frequency != None  # noqa: E711
