@@ -130,10 +130,32 @@ def run_stage(name: str, args: argparse.Namespace, call: Callable[[], object],
         with _no_heartbeats() if name != "serve" else nullcontext():
             call()
     except DeptError as exc:
+        _settle_prefect_events()
         print(f"dept: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dept: interrupted", file=sys.stderr)
         return 130
+    _settle_prefect_events()
     print(f"dept {name}: done in {time.monotonic() - start:.1f} s", file=sys.stderr)
     return 0
+
+
+def _settle_prefect_events(timeout: float = 5.0) -> None:
+    """Wait (at most `timeout`) until Prefect has sent the run events it still queues, so the
+    stage's last line stays its last: a flow that has just failed leaves ~10 state events,
+    and Prefect's drain at exit would warn about them after it ("Still processing items").
+    (The flow-run heartbeat thread's join used to give it that time; see _no_heartbeats.)
+    Reads Prefect's private queue; does nothing if that ever changes."""
+    if "prefect.events.worker" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+
+    end = time.monotonic() + timeout
+    try:
+        queues = [inst._queue for inst in list(EventsWorker._instances.values())]
+    except AttributeError:
+        return
+    for queue in queues:
+        while getattr(queue, "unfinished_tasks", 0) and time.monotonic() < end:
+            time.sleep(0.02)

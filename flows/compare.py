@@ -15,7 +15,8 @@ from prefect.artifacts import create_markdown_artifact
 from dept_core import layout, report
 from flows.common import load, run_stage, stage_parser
 from tasks.compare import compare_task, log_comparison
-from tasks.tracking import check_tracking_uri, execution_run
+from tasks.runs import execution_run
+from tasks.tracking import check_tracking_uri
 
 
 @flow(name="compare")

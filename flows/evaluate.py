@@ -18,7 +18,8 @@ from dept_core.variants import REFERENCE
 from flows.common import (add_seed_arg, add_variant_arg, backend_overrides, load, run_stage,
                           stage_parser)
 from tasks.evaluate import evaluate_task
-from tasks.tracking import check_tracking_uri, execution_run
+from tasks.runs import execution_run
+from tasks.tracking import check_tracking_uri
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{variant}")

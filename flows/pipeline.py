@@ -21,7 +21,8 @@ from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
 from tasks.compare import log_comparison
 from tasks.evaluate import evaluate_task
-from tasks.tracking import check_tracking_uri, execution_name, execution_tags, mlflow_run
+from tasks.runs import execution_name, execution_tags, mlflow_run
+from tasks.tracking import check_tracking_uri
 from tasks.train import pretrain_task
 
 

@@ -19,7 +19,8 @@ from prefect import flow
 from flows.common import (add_backend_args, add_seed_arg, add_variant_arg, backend_overrides,
                           load, run_stage, stage_parser)
 from tasks.train import pretrain_task
-from tasks.tracking import check_tracking_uri, execution_run
+from tasks.runs import execution_run
+from tasks.tracking import check_tracking_uri
 
 
 @flow(name="pretrain", flow_run_name="pretrain-{variant}")

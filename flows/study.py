@@ -34,7 +34,8 @@ from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
 from tasks.compare import read_results
 from tasks.evaluate import evaluate_task
-from tasks.tracking import check_tracking_uri, flatten, study_run, tracking_uri
+from tasks.runs import study_run
+from tasks.tracking import check_tracking_uri, flatten, tracking_uri
 
 
 def _write_params(directory: Path, cell: st.Cell, root: Path) -> Path:

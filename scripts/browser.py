@@ -122,6 +122,53 @@ def prefect_ui(prefect_home: Path):
         yield f"http://127.0.0.1:{port}/"
 
 
+def _api(base: str, path: str, body: dict | None = None):
+    req = urllib.request.Request(base + "api/" + path, method="POST" if body is not None else "GET",
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@contextmanager
+def served_deployment(base: str, project: Path, name: str, cron: str, timeout: float = 180,
+                      env: dict | None = None):
+    """`dept serve --name NAME --cron CRON` in `project` against the Prefect server at `base`,
+    until its deployment has scheduled runs; yields (deployment id, next scheduled runs'
+    expected start times)."""
+    env = {**(env or os.environ), "PREFECT_API_URL": base + "api",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--name", name,
+                             "--cron", cron], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dept serve exited with status {proc.returncode}")
+            try:
+                dep = _api(base, f"deployments/name/dept_pipeline/{name}")
+                runs = _api(base, "flow_runs/filter", {
+                    "deployments": {"id": {"any_": [dep["id"]]}},
+                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                    "sort": "EXPECTED_START_TIME_ASC", "limit": 5})
+                if runs:
+                    break
+            except OSError:  # not registered yet (404) or the server is busy
+                pass
+            if time.monotonic() > end:
+                raise TimeoutError(f"deployment dept_pipeline/{name}: no scheduled runs "
+                                   f"within {timeout:.0f} s")
+            time.sleep(1)
+        yield dep["id"], [r["expected_start_time"] for r in runs]
+    finally:
+        try:
+            os.killpg(proc.pid, 15)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
 def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     exe = chromium()
     if exe is None:
@@ -279,6 +326,17 @@ def main() -> None:
     if (project / ".prefect" / "prefect.db").is_file():
         with prefect_ui(project / ".prefect") as base:
             print(screenshot(base + "runs", out / "prefect-runs.png", size="1600,1400"))
+        # the nightly deployment with its next runs, served over a copy of the Prefect home
+        # (the project's own keeps no deployment whose runs nobody would execute)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp) / "prefect"
+            shutil.copytree(project / ".prefect", home)
+            with prefect_ui(home) as base, \
+                    served_deployment(base, project, "nightly", "0 3 * * *") as (dep, _):
+                print(screenshot(base + f"deployments/deployment/{dep}",
+                                 out / "prefect-deployment.png", size="1600,1100"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from dept_core.evaluate import run_protocol
 from dept_core.metrics import area_under_curve
 from dept_core.variants import REFERENCE
 from tasks.common import NO_CACHE
-from tasks.tracking import MlflowSink, log_pretraining, variant_run
+from tasks.runs import variant_run
+from tasks.tracking import MlflowSink, log_pretraining
 
 
 def evaluation_metrics(result: dict) -> dict[str, float]:

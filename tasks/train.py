@@ -19,7 +19,8 @@ from dept_core.errors import DeptError
 from dept_core.run import round_line, run_key, train_variant, write_outputs
 from dept_core.trainer import MetricsSink
 from tasks.common import NO_CACHE
-from tasks.tracking import MlflowSink, pretraining_summary, variant_run
+from tasks.runs import variant_run
+from tasks.tracking import MlflowSink, pretraining_summary
 
 
 @task(name="pretrain", task_run_name="pretrain-{variant}", **NO_CACHE)

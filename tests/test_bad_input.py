@@ -229,7 +229,8 @@ def test_no_secrets_in_mlflow_params_tags_or_errors(tmp_path, tiny_cfg, monkeypa
     from mlflow.tracking import MlflowClient
 
     from dept_core.errors import DeptError
-    from tasks.tracking import check_tracking_uri, mlflow_run, redact
+    from tasks.runs import mlflow_run
+    from tasks.tracking import check_tracking_uri, redact
 
     secret = "s3cret-Value-42"
     for key in ("MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):

@@ -206,7 +206,7 @@ def test_metrics_queue_writes_in_order_and_an_error_surfaces_when_the_run_ends(t
     sink = tracking.MlflowSink(client, run)
     for step in range(30):
         sink.log_steps([({"loss": 100.0 - step}, step)])
-    with tracking._ended(client, run):
+    with tracking.ended(client, run):
         pass
     hist = client.get_metric_history(run, "loss")
     assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(30))

@@ -71,3 +71,24 @@ def test_prefect_flow_runs_page_lists_the_stage_that_ran(tmp_path, cli_env):
         page = browser.dom(base + "runs", size="1600,1400")
     assert "Flow runs" in page
     assert "prepare" in page and "Completed" in page
+
+
+def test_prefect_shows_the_scheduled_deployment_with_its_next_runs(tmp_path, cli_env):
+    """`dept serve` registers the nightly deployment; its page lists the next scheduled runs
+    (the server's scheduler creates them from the cron schedule)."""
+    from datetime import datetime
+
+    from tests.conftest import cli_params, write_params
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    root = tmp_path / "proj"
+    write_params(root, cli_params())
+    env = {**cli_env, "PREFECT_HOME": str(home)}
+    with browser.prefect_ui(home) as base, \
+            browser.served_deployment(base, root, "nightly", "0 3 * * *", env=env) as (dep, starts):
+        page = browser.dom(base + f"deployments/deployment/{dep}", size="1600,1100")
+    times = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in starts]
+    assert times == sorted(times) and all((t.hour, t.minute) == (3, 0) for t in times)
+    assert "nightly" in page
+    assert "Scheduled" in page  # the upcoming runs, as the deployment page lists them
