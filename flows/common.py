@@ -146,14 +146,18 @@ def _settle_prefect_events(timeout: float = 5.0) -> None:
     stage's last line stays its last: a flow that has just failed leaves ~10 state events,
     and Prefect's drain at exit would warn about them after it ("Still processing items").
     (The flow-run heartbeat thread's join used to give it that time; see _no_heartbeats.)
-    Reads Prefect's private queue; does nothing if that ever changes."""
+    Reads Prefect's private queue; does nothing if that ever changes. Only the events
+    workers' queues: the registry of instances is shared by all of Prefect's queue services,
+    and the API log worker takes its items in batches without ever marking them done (waiting
+    on it cost every stage the whole timeout)."""
     if "prefect.events.worker" not in sys.modules:
         return
     from prefect.events.worker import EventsWorker
 
     end = time.monotonic() + timeout
     try:
-        queues = [inst._queue for inst in list(EventsWorker._instances.values())]
+        queues = [inst._queue for inst in list(EventsWorker._instances.values())
+                  if isinstance(inst, EventsWorker)]
     except AttributeError:
         return
     for queue in queues:

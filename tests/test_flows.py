@@ -234,3 +234,33 @@ def test_flow_heartbeats_are_off_for_runs_from_a_terminal_unless_configured(monk
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     with _no_heartbeats():  # (the setting is read from the environment per context)
         assert get_current_settings().flows.heartbeat_frequency != None  # noqa: E711
+
+
+def test_the_stage_end_waits_for_queued_run_events_only(monkeypatch):
+    """The stage's last line waits for Prefect's queued run events, not for the API log
+    worker (which shares the instance registry and never marks its batched items done): that
+    wait cost every stage its whole timeout."""
+    import queue
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    import flows.common as common
+
+    def worker(cls, pending: int):
+        w = cls.__new__(cls)  # the real class, not started: only its queue is read
+        w._queue = queue.Queue()
+        for _ in range(pending):
+            w._queue.put(object())
+            w._queue.get()  # taken, not marked done
+        return w
+
+    sleeps = []
+    monkeypatch.setattr(common.time, "sleep", lambda s: sleeps.append(s))
+    monkeypatch.setattr(EventsWorker, "_instances", {"log": worker(APILogWorker, 48)})
+    common._settle_prefect_events(timeout=5.0)
+    assert sleeps == []  # the log worker's 48 batched items are not waited for
+    monkeypatch.setattr(EventsWorker, "_instances", {"log": worker(APILogWorker, 48),
+                                                    "events": worker(EventsWorker, 3)})
+    common._settle_prefect_events(timeout=0.2)
+    assert sleeps  # queued run events are
