@@ -11,7 +11,12 @@ export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$PREFECT_HOME"
-prefect server start --host 127.0.0.1 --port "$port" > "$PREFECT_HOME/server.log" 2>&1 &
+# The server `prefect server` would start (Prefect's app under uvicorn, UI on this port),
+# wrapped by flows/prefect_app.py: a write that loses a SQLite race with Prefect's own
+# task-run recorder is replayed at once instead of costing the stage a 2 s client back-off.
+PREFECT__SERVER_FINAL=1 PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT="$port" \
+  python -m uvicorn --factory flows.prefect_app:create_app --host 127.0.0.1 --port "$port" \
+  > "$PREFECT_HOME/server.log" 2>&1 &
 server=$!
 warm=""
 trap 'kill $warm $server 2>/dev/null; wait $warm $server 2>/dev/null || true' EXIT

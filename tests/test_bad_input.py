@@ -215,6 +215,8 @@ def test_nothing_is_unpickled_and_servers_bind_localhost():
         for cmd in re.findall(r"(?:prefect\", \"server\"|mlflow\", \"server\"|server start)"
                               r"[^\n]*", text):
             assert "127.0.0.1" in cmd, (name, cmd)
+        for host in re.findall(r"--host\"?,? \"?([0-9a-z.:]+)", text):  # uvicorn, mlflow, prefect
+            assert host == "127.0.0.1", (name, host)
 
 
 def test_weights_on_disk_are_safetensors_only(reference_run):
