@@ -2,6 +2,7 @@
 
     python benchmarks/orchestration.py [--params configs/smoke.yaml] [--skip-dvc]
                                        [--skip-per-stage-servers] [--cold-stages]
+                                       [--pairs N]
 
 Runs the same pipeline three ways, side by side, in fresh copies of the project:
   compute  the dept_core functions called directly in one process (no orchestration), with
@@ -16,6 +17,11 @@ Two overheads per row, both printed:
               no interpreter start): everything else counts as orchestration (the strict one);
   vs script   (wall − compute row's wall) / wall: against the same work run as a plain Python
               script, which also starts an interpreter and imports torch and transformers.
+With `--pairs N` (N > 1) the compute row and `dept run` are run N times, alternated in ABBA
+order (compute, dept run; dept run, compute; ...), so slow drifts of a shared machine's speed
+hit both alike; each pair gives its own overheads and the table reports their median with the
+lowest and highest pair. Run-to-run noise here (±5-10 % between rows minutes apart) is larger
+than a 3 % target: one pair cannot show it.
 Prints a table; figures go in the README.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,6 +90,44 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> float:
     return wall
 
 
+def compute_row(params: Path, env: dict) -> tuple[float, float]:
+    """(wall time of the plain script, the core functions' own time), in a fresh copy."""
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", COMPUTE], cwd=fresh_copy(params), env=env,
+                         check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - t
+    compute = float(out.split("COMPUTE_SECONDS")[1])
+    print(f"compute: {wall:.1f} s (core functions {compute:.1f} s)", file=sys.stderr, flush=True)
+    return wall, compute
+
+
+def dept_run_row(params: Path, env: dict) -> float:
+    return timed([sys.executable, "-m", "flows.cli", "run"], fresh_copy(params), env)
+
+
+def paired(params: Path, env: dict, pairs: int) -> None:
+    """`pairs` alternated (ABBA) pairs of the compute row and `dept run`: the median of the
+    pairs' overheads with the lowest and the highest."""
+    rows = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            (wall_compute, compute), wall = compute_row(params, env), dept_run_row(params, env)
+        else:
+            wall = dept_run_row(params, env)
+            wall_compute, compute = compute_row(params, env)
+        rows.append((compute, wall_compute, wall))
+        print(f"pair {i + 1}: compute {compute:.1f} s, script {wall_compute:.1f} s, dept run "
+              f"{wall:.1f} s: {100 * (wall - compute) / wall:.1f} % vs core, "
+              f"{100 * (wall - wall_compute) / wall:.1f} % vs script", flush=True)
+    core = sorted(100 * (w - c) / w for c, _, w in rows)
+    script = sorted(100 * (w - s) / w for _, s, w in rows)
+    print(f"params: {params}   {pairs} pairs, ABBA order")
+    print(f"dept run overhead vs core:   median {statistics.median(core):.1f} % "
+          f"(pairs: {', '.join(f'{x:.1f}' for x in core)})")
+    print(f"dept run overhead vs script: median {statistics.median(script):.1f} % "
+          f"(pairs: {', '.join(f'{x:.1f}' for x in script)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(REPO / "configs/smoke.yaml"))
@@ -91,21 +136,20 @@ def main() -> None:
                     help="skip `dvc repro` with a temporary Prefect server per stage")
     ap.add_argument("--cold-stages", action="store_true",
                     help="also `dvc repro` with the shared server but no warm stage runner")
+    ap.add_argument("--pairs", type=int, default=1,
+                    help="N > 1: only the compute row and `dept run`, N alternated pairs")
     args = ap.parse_args()
+    if args.pairs < 1:
+        ap.error(f"--pairs: {args.pairs} (at least 1)")
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
            "HF_HUB_OFFLINE": "1"}
+    if args.pairs > 1:
+        return paired(Path(args.params), env, args.pairs)
     rows = []
-    d = fresh_copy(Path(args.params))
-    t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", COMPUTE], cwd=d, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    wall_compute = time.perf_counter() - t
-    compute = float(out.split("COMPUTE_SECONDS")[1])
+    wall_compute, compute = compute_row(Path(args.params), env)
     rows.append(("compute only (one process, incl. imports)", wall_compute))
-    rows.append(("dept run (Prefect flow + MLflow)",
-                 timed([sys.executable, "-m", "flows.cli", "run"], fresh_copy(Path(args.params)),
-                       env)))
+    rows.append(("dept run (Prefect flow + MLflow)", dept_run_row(Path(args.params), env)))
     if not args.skip_dvc:
         rows.append(("dvc repro, shared server + warm runner (= make demo)",
                      timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
