@@ -1,7 +1,8 @@
 """Orchestration overhead of the pipeline: Prefect + MLflow + DVC as a share of wall time.
 
     python benchmarks/orchestration.py [--params configs/smoke.yaml] [--skip-dvc]
-                                       [--skip-per-stage-servers] [--cold-stages]
+                                       [--skip-dept-run] [--skip-per-stage-servers]
+                                       [--cold-stages]
                                        [--pairs N]
 
 Runs the same pipeline three ways, side by side, in fresh copies of the project:
@@ -132,6 +133,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(REPO / "configs/smoke.yaml"))
     ap.add_argument("--skip-dvc", action="store_true")
+    ap.add_argument("--skip-dept-run", action="store_true",
+                    help="the compute row and the `dvc repro` rows only")
     ap.add_argument("--skip-per-stage-servers", action="store_true",
                     help="skip `dvc repro` with a temporary Prefect server per stage")
     ap.add_argument("--cold-stages", action="store_true",
@@ -149,7 +152,8 @@ def main() -> None:
     rows = []
     wall_compute, compute = compute_row(Path(args.params), env)
     rows.append(("compute only (one process, incl. imports)", wall_compute))
-    rows.append(("dept run (Prefect flow + MLflow)", dept_run_row(Path(args.params), env)))
+    if not args.skip_dept_run:
+        rows.append(("dept run (Prefect flow + MLflow)", dept_run_row(Path(args.params), env)))
     if not args.skip_dvc:
         rows.append(("dvc repro, shared server + warm runner (= make demo)",
                      timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
