@@ -25,7 +25,8 @@ FIRST_DELAY = 0.05  # seconds; doubled per retry: 0.05 + 0.1 + 0.2 + 0.4 + 0.8
 
 class RetryLockedRequests:
     """ASGI middleware: replay an HTTP request whose response is a 503 (Prefect's answer to a
-    retryable database error, raised before anything was committed), with short back-off."""
+    retryable database error, its transaction rolled back), with short back-off: the same
+    request Prefect's client would send again after its own back-off, only sooner."""
 
     def __init__(self, app: Any, retries: int = RETRIES, first_delay: float = FIRST_DELAY):
         self.app, self.retries, self.first_delay = app, retries, first_delay
