@@ -193,6 +193,7 @@ def screenshot(url: str, path: Path, wait_ms: int = 20000, size: str = "1600,100
 
 
 EXPANDERS = 'button[data-component-id*="runnamecellrenderer"]'  # a parent run's (+) button
+CHARTS = '[data-testid="experiment-view-compare-runs-chart-area"] .js-plotly-plot'  # drawn charts
 # the headline metrics every variant's run has (tasks/tracking.py, tasks/evaluate.py)
 HEADLINE = ["final/val_bpb_mean", "test_bpb_id_mean", "cpt_fresh_bpb_id_mean",
             "cpt_fresh_bpb_ood_mean", "plasticity_bpb_auc_mean", "downstream/accuracy",
@@ -284,6 +285,12 @@ def expanded_runs(url: str, experiment: str, path: Path | None = None,
                 else:  # the chart view's run list opens collapsed whatever the setting
                     js(f"document.querySelectorAll('{EXPANDERS}').forEach(b => b.click())")
                 time.sleep(8.0 if view else 3.0)  # the children's rows (and charts) render
+                if view:  # a chart view that did not take (the table instead) is an error,
+                    while not js(f"document.querySelectorAll('{CHARTS}').length"):  # not a PNG
+                        if time.monotonic() > end:
+                            raise TimeoutError(f"no chart rendered in the chart view at {view}")
+                        time.sleep(0.5)
+                    time.sleep(2.0)  # the other cards finish drawing
                 if path is not None:
                     shot = call("Page.captureScreenshot", format="png")
                     Path(path).write_bytes(base64.b64decode(shot["data"]))
