@@ -193,7 +193,8 @@ def screenshot(url: str, path: Path, wait_ms: int = 20000, size: str = "1600,100
 
 
 EXPANDERS = 'button[data-component-id*="runnamecellrenderer"]'  # a parent run's (+) button
-CHARTS = '[data-testid="experiment-view-compare-runs-chart-area"] .js-plotly-plot'  # drawn charts
+CHARTS = '.js-plotly-plot'  # a drawn chart (MLflow draws its run charts with Plotly)
+CHART_MODE = 'input[name="runs-view-mode"][value="CHART"]'  # the runs page's chart-view switch
 # the headline metrics every variant's run has (tasks/tracking.py, tasks/evaluate.py)
 HEADLINE = ["final/val_bpb_mean", "test_bpb_id_mean", "cpt_fresh_bpb_id_mean",
             "cpt_fresh_bpb_ood_mean", "plasticity_bpb_auc_mean", "downstream/accuracy",
@@ -282,7 +283,11 @@ def expanded_runs(url: str, experiment: str, path: Path | None = None,
                     js(f"""document.querySelectorAll('{EXPANDERS}').forEach(b => {{
                         const row = b.closest('[role=row]');
                         if (row && !row.nextElementSibling) b.click(); }})""")
-                else:  # the chart view's run list opens collapsed whatever the setting
+                else:  # the chart view: MLflow may restore the table mode it saved instead
+                    if not js(f"document.querySelectorAll('{CHARTS}').length"):
+                        js(f"document.querySelector('{CHART_MODE}')?.click()")
+                        time.sleep(2.0)
+                    wait_rows()  # its run list opens collapsed whatever the setting
                     js(f"document.querySelectorAll('{EXPANDERS}').forEach(b => b.click())")
                 time.sleep(8.0 if view else 3.0)  # the children's rows (and charts) render
                 if view:  # a chart view that did not take (the table instead) is an error,
