@@ -67,7 +67,7 @@ def params(sources: list[dict]) -> dict:
     return {"seed": 0, "data": {"sources": sources},
             "prepare": {"min_doc_chars": 100, "val_bytes": 4000, "test_bytes": 4000},
             "tokenizers": {"global_vocab_size": 2000, "per_source_vocab_size": 1500,
-                           "sample_bytes_per_source": 30000, "character_coverage": 0.98},
+                           "sample_bytes_per_source": 60000, "character_coverage": 0.98},
             "model": {"size": "tiny", "max_seq_len": 64},
             "train": {"rounds": 2, "sources_per_round": n, "local_steps": 3, "batch_size": 8,
                       "seq_len": 64, "warmup_steps": 1, "eval_every": 100}}

@@ -20,7 +20,7 @@ from common import median, smoke_raw  # noqa: F401  (sets sys.path)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dept_core.batches import BatchSampler, derived_seed  # noqa: E402
+from dept_core.batches import BatchSampler, EvalSet, derived_seed  # noqa: E402
 from dept_core.config import validate  # noqa: E402
 from dept_core.model import build_model  # noqa: E402
 from dept_core.run import build_run  # noqa: E402
@@ -40,7 +40,9 @@ def config(size: str, steps: int, batch: int, seq: int, vocab: int):
 def source(vocab: int, seq: int, n_tokens: int = 400_000) -> SourceData:
     g = torch.Generator().manual_seed(0)
     stream = torch.randint(4, vocab, (n_tokens,), generator=g)
-    return SourceData("src", None, vocab, stream, stream[: seq + 1].unsqueeze(0), 1, None)
+    # one validation "document" (the round's evaluation is not timed: eval_every is large)
+    val = EvalSet(stream[: seq + 1].unsqueeze(0), torch.zeros(1, seq, dtype=torch.long), [seq])
+    return SourceData("src", None, vocab, stream, val, None)
 
 
 class Dept:
