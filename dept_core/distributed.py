@@ -209,6 +209,7 @@ def torchrun_command(params: Path, variant: str, root: Path, nproc: int,
 def init_group(cfg: Config) -> tuple[CollectiveExchange, torch.device]:
     """Join the process group torchrun describes in the environment (env://)."""
     device = accel.pick_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", 0)))
+    accel.tune_host_allocator(cfg)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dept_core import REPO_ROOT, layout
+from dept_core import REPO_ROOT, accel, layout
 from dept_core import continued as cp
 from dept_core import tokenizers as tk
 from dept_core.config import Config
@@ -112,6 +112,7 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
     (results/pretrain/<variant>/seed-<seed>/models).
     """
     root = Path(root)
+    accel.tune_host_allocator(cfg)
     prepared, tok_root = layout.prepared(root), layout.tokenizers(root)
     models_dir = layout.models_dir(root, variant, cfg.train.seed)
     ev, train_src, heldout = cfg.evaluate, cfg.data.train_sources, cfg.data.heldout_sources

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from dept_core import tokenizers as tk
 from dept_core import variants
-from dept_core.accel import pick_device
+from dept_core.accel import pick_device, tune_host_allocator
 from dept_core.atomic import atomic_dir, write_json
 from dept_core.comm import CommLedger
 from dept_core.config import Config
@@ -137,6 +137,7 @@ def train_variant(cfg: Config, variant: str, prepared: Path, tok_root: Path,
                   on_round: OnRound | None = None) -> tuple[RunResult, dict[str, SourceData]]:
     """Train (or resume, from `ckpt_dir`) one variant in this process."""
     device = pick_device(cfg.train.device)
+    tune_host_allocator(cfg)
     data = load_sources(variants.get(variant).tokenizer, cfg.data.train_sources, prepared,
                         tok_root, cfg.train.seq_len)
     vocab = global_vocab_size(tok_root)
