@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dept_core.batches import BatchSampler, EvalSet, derived_seed  # noqa: E402
+from dept_core.accel import tune_host_allocator  # noqa: E402
 from dept_core.config import validate  # noqa: E402
 from dept_core.model import build_model  # noqa: E402
 from dept_core.run import build_run  # noqa: E402
@@ -89,6 +90,7 @@ class Bare:
 def measure(size="demo", steps=20, batch=16, seq=128, vocab=6000, reps=7, variant="glob",
             log=print) -> dict:
     cfg, vocab = config(size, steps, batch, seq, vocab)
+    tune_host_allocator(cfg)  # as the pipeline's training does, for both loops alike
     dept, bare = Dept(cfg, variant, vocab), Bare(cfg, vocab)
     dept(), bare()  # warm-up (allocator, first-call overheads)
     rates: dict[str, list[float]] = {"dept": [], "bare": []}
