@@ -144,6 +144,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.pairs < 1:
         ap.error(f"--pairs: {args.pairs} (at least 1)")
+    if args.pairs > 1 and (args.skip_dept_run or args.cold_stages):
+        ap.error("--pairs pairs the compute row with `dept run` (no dvc rows): it cannot be "
+                 "combined with --skip-dept-run or --cold-stages")
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
            "HF_HUB_OFFLINE": "1"}
