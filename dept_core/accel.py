@@ -20,6 +20,7 @@ from torch import Tensor
 from dept_core.batches import BatchSampler
 from dept_core.config import Config
 from dept_core.errors import ConfigError
+from dept_core.trainer import EVAL_BATCH
 
 
 def pick_device(pref: str = "auto", local_rank: int | None = None,
@@ -100,19 +101,24 @@ _allocator_tuned: dict | None = None
 def allocator_thresholds(cfg: Config) -> tuple[int, int]:
     """(mmap threshold, trim threshold) in bytes for this configuration.
 
-    The largest per-step transients of the inner loop are the logits and their gradient,
-    batch x seq_len x vocabulary fp32 values (demo: 16 x 128 x 6000 x 4 B = 49 MB). glibc's
-    own threshold stops growing at 32 MiB, so every such tensor was a fresh mmap, unmapped at
-    the end of the step and faulted in again page by page on the next (measured: ~8 M minor
-    faults and ~14 s of kernel time in 27 s of benchmarks/throughput.py). The threshold is set
-    to twice the logits (a power of two, 64 MiB to 1 GiB), so they come from the heap and are
-    reused; the trim threshold (4x) keeps that much free heap instead of returning it to the
-    OS after every step. Cost: up to the trim threshold of resident memory held in reserve."""
+    The largest transients of the CPU loops are a batch's logits, their gradient and their
+    log-softmax, batch x seq_len x vocabulary fp32 values each; the largest batch is STD's and
+    CPT's (`sources_per_round x batch_size` sequences) or an evaluation batch (16 windows).
+    Demo: 48 x 128 x 6000 x 4 B = 147 MB. glibc's own threshold stops growing at 32 MiB, so
+    every such tensor was a fresh mmap, unmapped when freed and faulted in again page by page
+    on the next step (measured: ~8 M minor faults and ~14 s of kernel time in 27 s of
+    benchmarks/throughput.py). The threshold is the next power of two above 1.25 x the
+    logits (64 MiB to 1 GiB), so they come from the heap and are reused; the trim threshold
+    (4x: logits, gradient, log-softmax and slack) keeps that much free heap instead of
+    returning it to the OS after every step. Cost: up to the trim threshold of resident
+    memory held in reserve."""
     vocab = max(cfg.tokenizers.global_vocab_size, cfg.tokenizers.per_source_vocab_size,
                 *cfg.tokenizers.per_source_vocab_overrides.values())
-    logits = cfg.train.batch_size * cfg.train.seq_len * vocab * 4  # CPT, plasticity alike
+    batch = max(cfg.train.batch_size * cfg.train.sources_per_round, cfg.train.batch_size,
+                EVAL_BATCH)
+    logits = batch * cfg.train.seq_len * vocab * 4
     mmap = 64 * _MiB
-    while mmap < 2 * logits and mmap < 1024 * _MiB:
+    while mmap < 1.25 * logits and mmap < 1024 * _MiB:
         mmap *= 2
     return mmap, 4 * mmap
 

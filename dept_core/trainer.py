@@ -110,8 +110,11 @@ def local_train(model, opt, batches: BatchSource, steps: int, first_step: int,
                       step_losses)
 
 
+EVAL_BATCH = 16  # evaluation windows per forward pass
+
+
 @torch.no_grad()
-def evaluate_set(model, ev: EvalSet, device: torch.device, batch: int = 16,
+def evaluate_set(model, ev: EvalSet, device: torch.device, batch: int = EVAL_BATCH,
                  per_doc: bool = False) -> dict:
     """Loss (nats/token), perplexity and bits per UTF-8 byte over an evaluation set; with
     `per_doc`, also each document's summed loss, tokens and bytes (`docs`), the unit every

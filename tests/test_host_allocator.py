@@ -26,11 +26,14 @@ from dept_core.config import validate
 cfg = validate(json.loads(sys.argv[1]))
 tuned = tune_host_allocator(cfg)
 again = tune_host_allocator(cfg)  # once per process: the same answer
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(30):
-    t = torch.ones(12_000_000)  # 48 MB: above glibc's own 32 MiB ceiling for its threshold
-    del t
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+def churn(n):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        t = torch.ones(12_000_000)  # 48 MB: above glibc's own 32 MiB ceiling for its threshold
+        del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+churn(30)  # the heap settles (glibc still trims during the first ~10)
+faults = churn(10)
 print("RESULT " + json.dumps({"tuned": tuned, "again": again, "faults": faults}))
 """
 
@@ -45,15 +48,23 @@ def churn(raw: dict, **env: str) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def test_thresholds_follow_the_logits_of_a_batch(tiny_cfg):
-    assert allocator_thresholds(tiny_cfg) == (64 * MiB, 256 * MiB)  # small: the floor
-    demo = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(
-        update={"batch_size": 16, "seq_len": 128})})
-    demo = demo.model_copy(update={"tokenizers": demo.tokenizers.model_copy(
-        update={"global_vocab_size": 6000})})
-    assert allocator_thresholds(demo) == (128 * MiB, 512 * MiB)  # 49 MB of logits, doubled
-    huge = demo.model_copy(update={"train": demo.train.model_copy(update={"seq_len": 4096})})
-    assert allocator_thresholds(huge) == (1024 * MiB, 4096 * MiB)  # capped
+def test_thresholds_follow_the_logits_of_the_largest_batch(tiny_cfg):
+    # tiny: 3 x 32 sequences x 64 x 1000 pieces x 4 B = 24.6 MB -> the 64 MiB floor
+    assert allocator_thresholds(tiny_cfg) == (64 * MiB, 256 * MiB)
+
+    def cfg(**train):
+        return tiny_cfg.model_copy(update={
+            "train": tiny_cfg.train.model_copy(update=train),
+            "tokenizers": tiny_cfg.tokenizers.model_copy(update={"global_vocab_size": 6000})})
+
+    # the demo: STD's and CPT's batch, 6 x 8 sequences x 128 x 6000 x 4 B = 147 MB -> 256 MiB
+    assert allocator_thresholds(cfg(batch_size=8, seq_len=128, sources_per_round=6)) == (
+        256 * MiB, 1024 * MiB)
+    # one source a round: the evaluation batch (16 windows, 49 MB) is the largest -> 64 MiB
+    assert allocator_thresholds(cfg(batch_size=8, seq_len=128, sources_per_round=1)) == (
+        64 * MiB, 256 * MiB)
+    assert allocator_thresholds(cfg(batch_size=8, seq_len=4096, sources_per_round=6)) == (
+        1024 * MiB, 4096 * MiB)  # capped
 
 
 def test_tuned_allocator_reuses_memory_and_respects_the_users_choice(tiny_raw):
@@ -62,8 +73,8 @@ def test_tuned_allocator_reuses_memory_and_respects_the_users_choice(tiny_raw):
     assert tuned["again"] == tuned["tuned"]
     plain = churn(tiny_raw, DEPT_HOST_ALLOCATOR="default")
     assert plain["tuned"] is None
-    # glibc's default: thirty fresh mmaps of 48 MB, each faulted in (~11.7 k pages apiece)
-    assert plain["faults"] > 200_000, plain
+    # glibc's default: ten fresh mmaps of 48 MB, each faulted in (~11.7 k pages apiece)
+    assert plain["faults"] > 100_000, plain
     assert tuned["faults"] * 5 < plain["faults"], (tuned, plain)
     # a user's own allocator settings win: nothing is changed
     assert churn(tiny_raw, MALLOC_ARENA_MAX="2", MALLOC_TRIM_THRESHOLD_="1000000")["tuned"] is None
