@@ -150,6 +150,12 @@ def main() -> None:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
            "HF_HUB_OFFLINE": "1"}
+    # Every `dept run` / `dvc repro` row makes a new Prefect store in its fresh copy: it starts
+    # from the cached migrated store (flows/prefect_app.py), as every new project does after
+    # the machine's first server of this Prefect version; made here if there is none yet.
+    template = subprocess.run([sys.executable, "-m", "flows.prefect_app"], cwd=REPO, env=env,
+                              check=True, capture_output=True, text=True).stdout.strip()
+    print(f"Prefect store template: {template}", file=sys.stderr, flush=True)
     if args.pairs > 1:
         return paired(Path(args.params), env, args.pairs)
     rows = []

@@ -126,13 +126,13 @@ def _temporary_prefect_server(args: argparse.Namespace):
     """Without PREFECT_API_URL, Prefect would start a temporary server at the first flow run
     and wait for it (~10 s, ~6 s of it importing the server in this process). Start the same
     server (uvicorn over Prefect's app, as Prefect starts it: ephemeral mode, no UI, this
-    Prefect home; wrapped by flows/prefect_app.py) as a subprocess now, while this process
+    Prefect home; wrapped by flows/prefect_app.py, which also starts a new Prefect store as a copy of a migrated
+    one) as a subprocess now, while this process
     imports torch & co. on the other core, and point this process at it (before Prefect reads
     its settings). Only for a valid
     configuration (bad input never starts a server). Returns a function that waits until the
     server answers, or None when nothing was started."""
     import atexit
-    import importlib.util
     import os
     import signal
     import socket
@@ -141,6 +141,7 @@ def _temporary_prefect_server(args: argparse.Namespace):
 
     from dept_core.errors import DeptError
     from flows.common import load
+    from flows.prefect_app import ephemeral_server
 
     if args.command == "serve" or os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
         return None
@@ -151,9 +152,6 @@ def _temporary_prefect_server(args: argparse.Namespace):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app_dir = Path(importlib.util.find_spec("prefect").submodule_search_locations[0]).parent
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-           "PREFECT__SERVER_FINAL": "1"}
 
     def die_with_parent() -> None:  # Linux: a kill -9 of this process stops the server too
         try:
@@ -163,11 +161,8 @@ def _temporary_prefect_server(args: argparse.Namespace):
         except (OSError, AttributeError):
             pass
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
-         "flows.prefect_app:create_app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "error", "--lifespan", "on"],
-        env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    cmd, env = ephemeral_server(port)
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     os.environ["PREFECT_API_URL"] = f"{url}/api"
     print(f"dept: temporary Prefect server on {url}", file=sys.stderr)

@@ -8,6 +8,8 @@ import tempfile
 # Before anything imports prefect: a Prefect home of the test session's own (its result cache
 # must not leak between sessions), no hub access, no telemetry.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dept-test-prefect-")
+# the migrated Prefect store new projects start from (flows/prefect_app.py): the session's own
+os.environ["DEPT_CACHE_DIR"] = tempfile.mkdtemp(prefix="dept-test-cache-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
