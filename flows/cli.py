@@ -126,10 +126,9 @@ def _temporary_prefect_server(args: argparse.Namespace):
     """Without PREFECT_API_URL, Prefect would start a temporary server at the first flow run
     and wait for it (~10 s, ~6 s of it importing the server in this process). Start the same
     server (uvicorn over Prefect's app, as Prefect starts it: ephemeral mode, no UI, this
-    Prefect home; wrapped by flows/prefect_app.py, which also starts a new Prefect store as a copy of a migrated
-    one) as a subprocess now, while this process
-    imports torch & co. on the other core, and point this process at it (before Prefect reads
-    its settings). Only for a valid
+    Prefect home; wrapped by flows/prefect_app.py, which also starts a new store as a copy of a
+    migrated one) as a subprocess now, while this process imports torch & co. on the other
+    core, and point this process at it (before Prefect reads its settings). Only for a valid
     configuration (bad input never starts a server). Returns a function that waits until the
     server answers, or None when nothing was started."""
     import atexit
