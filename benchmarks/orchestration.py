@@ -3,7 +3,7 @@
     python benchmarks/orchestration.py [--params configs/smoke.yaml] [--skip-dvc]
                                        [--skip-dept-run] [--skip-per-stage-servers]
                                        [--cold-stages]
-                                       [--pairs N]
+                                       [--pairs N [--paired-with dept-run|dvc]]
 
 Runs the same pipeline three ways, side by side, in fresh copies of the project:
   compute  the dept_core functions called directly in one process (no orchestration), with
@@ -18,9 +18,10 @@ Two overheads per row, both printed:
               no interpreter start): everything else counts as orchestration (the strict one);
   vs script   (wall − compute row's wall) / wall: against the same work run as a plain Python
               script, which also starts an interpreter and imports torch and transformers.
-With `--pairs N` (N > 1) the compute row and `dept run` are run N times, alternated in ABBA
-order (compute, dept run; dept run, compute; ...), so slow drifts of a shared machine's speed
-hit both alike; each pair gives its own overheads and the table reports their median with the
+With `--pairs N` (N > 1) the compute row and one orchestrated row (`dept run`, or with
+`--paired-with dvc` the `dvc repro` row of `make demo`: shared server + warm runner) are run N
+times, alternated in ABBA order (compute, orchestrated; orchestrated, compute; ...), so slow
+drifts of a shared machine's speed hit both alike; each pair gives its own overheads and the table reports their median with the
 lowest and highest pair. Run-to-run noise here (±5-10 % between rows minutes apart) is larger
 than a 3 % target: one pair cannot show it.
 Prints a table; figures go in the README.
@@ -106,26 +107,37 @@ def dept_run_row(params: Path, env: dict) -> float:
     return timed([sys.executable, "-m", "flows.cli", "run"], fresh_copy(params), env)
 
 
-def paired(params: Path, env: dict, pairs: int) -> None:
-    """`pairs` alternated (ABBA) pairs of the compute row and `dept run`: the median of the
-    pairs' overheads with the lowest and the highest."""
+def dvc_row(params: Path, env: dict) -> float:
+    """`dvc repro` as `make demo` runs it: one shared Prefect server, the warm stage runner."""
+    return timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
+                 fresh_copy(params), env)
+
+
+ORCHESTRATED = {"dept-run": ("dept run", dept_run_row), "dvc": ("dvc repro", dvc_row)}
+
+
+def paired(params: Path, env: dict, pairs: int, against: str) -> None:
+    """`pairs` alternated (ABBA) pairs of the compute row and the orchestrated row `against`
+    (a key of ORCHESTRATED): the median of the pairs' overheads with the lowest and the
+    highest."""
+    name, row = ORCHESTRATED[against]
     rows = []
     for i in range(pairs):
         if i % 2 == 0:
-            (wall_compute, compute), wall = compute_row(params, env), dept_run_row(params, env)
+            (wall_compute, compute), wall = compute_row(params, env), row(params, env)
         else:
-            wall = dept_run_row(params, env)
+            wall = row(params, env)
             wall_compute, compute = compute_row(params, env)
         rows.append((compute, wall_compute, wall))
-        print(f"pair {i + 1}: compute {compute:.1f} s, script {wall_compute:.1f} s, dept run "
+        print(f"pair {i + 1}: compute {compute:.1f} s, script {wall_compute:.1f} s, {name} "
               f"{wall:.1f} s: {100 * (wall - compute) / wall:.1f} % vs core, "
               f"{100 * (wall - wall_compute) / wall:.1f} % vs script", flush=True)
     core = sorted(100 * (w - c) / w for c, _, w in rows)
     script = sorted(100 * (w - s) / w for _, s, w in rows)
     print(f"params: {params}   {pairs} pairs, ABBA order")
-    print(f"dept run overhead vs core:   median {statistics.median(core):.1f} % "
+    print(f"{name} overhead vs core:   median {statistics.median(core):.1f} % "
           f"(pairs: {', '.join(f'{x:.1f}' for x in core)})")
-    print(f"dept run overhead vs script: median {statistics.median(script):.1f} % "
+    print(f"{name} overhead vs script: median {statistics.median(script):.1f} % "
           f"(pairs: {', '.join(f'{x:.1f}' for x in script)})")
 
 
@@ -140,13 +152,22 @@ def main() -> None:
     ap.add_argument("--cold-stages", action="store_true",
                     help="also `dvc repro` with the shared server but no warm stage runner")
     ap.add_argument("--pairs", type=int, default=1,
-                    help="N > 1: only the compute row and `dept run`, N alternated pairs")
+                    help="N > 1: only the compute row and one orchestrated row "
+                         "(--paired-with), N alternated pairs")
+    ap.add_argument("--paired-with", choices=sorted(ORCHESTRATED), default="dept-run",
+                    help="with --pairs: `dept run` (default) or `dvc repro` as make demo runs it")
     args = ap.parse_args()
     if args.pairs < 1:
         ap.error(f"--pairs: {args.pairs} (at least 1)")
-    if args.pairs > 1 and (args.skip_dept_run or args.cold_stages):
-        ap.error("--pairs pairs the compute row with `dept run` (no dvc rows): it cannot be "
-                 "combined with --skip-dept-run or --cold-stages")
+    row_flags = [f for f, on in (("--skip-dvc", args.skip_dvc),
+                                 ("--skip-dept-run", args.skip_dept_run),
+                                 ("--skip-per-stage-servers", args.skip_per_stage_servers),
+                                 ("--cold-stages", args.cold_stages)) if on]
+    if args.pairs > 1 and row_flags:
+        ap.error(f"--pairs pairs the compute row with one row chosen by --paired-with: it "
+                 f"cannot be combined with {', '.join(row_flags)}")
+    if args.pairs == 1 and args.paired_with != "dept-run":
+        ap.error("--paired-with needs --pairs N (N > 1)")
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
            "HF_HUB_OFFLINE": "1"}
@@ -157,7 +178,7 @@ def main() -> None:
                               check=True, capture_output=True, text=True).stdout.strip()
     print(f"Prefect store template: {template}", file=sys.stderr, flush=True)
     if args.pairs > 1:
-        return paired(Path(args.params), env, args.pairs)
+        return paired(Path(args.params), env, args.pairs, args.paired_with)
     rows = []
     wall_compute, compute = compute_row(Path(args.params), env)
     rows.append(("compute only (one process, incl. imports)", wall_compute))
@@ -165,8 +186,7 @@ def main() -> None:
         rows.append(("dept run (Prefect flow + MLflow)", dept_run_row(Path(args.params), env)))
     if not args.skip_dvc:
         rows.append(("dvc repro, shared server + warm runner (= make demo)",
-                     timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
-                           fresh_copy(Path(args.params)), env)))
+                     dvc_row(Path(args.params), env)))
     if not args.skip_dvc and args.cold_stages:
         rows.append(("dvc repro, shared server, no warm runner",
                      timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
