@@ -86,3 +86,18 @@ def test_overrides_are_typed_and_checked(tmp_path, tiny_raw):
         load_config(path, ["prepare.nope=1"])
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(path, ["prepare.min_doc_chars"])
+
+
+@pytest.mark.parametrize("first", ["dept_core.config_io", "dept_core.config"])
+def test_either_config_module_can_be_imported_first(first):
+    """dept_core.config re-exports the readers of dept_core.config_io: neither import order may
+    hit a partially initialised module (a fresh interpreter per order)."""
+    import subprocess
+    import sys
+
+    code = (f"import {first}; from dept_core.config import load_config; "
+            f"from dept_core.config_io import load_config as l2; assert load_config is l2; "
+            f"print(load_config('params.yaml').train.rounds)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 0
