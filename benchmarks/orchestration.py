@@ -21,9 +21,9 @@ Two overheads per row, both printed:
 With `--pairs N` (N > 1) the compute row and one orchestrated row (`dept run`, or with
 `--paired-with dvc` the `dvc repro` row of `make demo`: shared server + warm runner) are run N
 times, alternated in ABBA order (compute, orchestrated; orchestrated, compute; ...), so slow
-drifts of a shared machine's speed hit both alike; each pair gives its own overheads and the table reports their median with the
-lowest and highest pair. Run-to-run noise here (±5-10 % between rows minutes apart) is larger
-than a 3 % target: one pair cannot show it.
+drifts of a shared machine's speed hit both alike; each pair gives its own overheads and the
+table reports their median with the lowest and highest pair. Run-to-run noise here (±5-10 %
+between rows minutes apart) is larger than a 3 % target: one pair cannot show it.
 Prints a table; figures go in the README.
 """
 
@@ -108,7 +108,8 @@ def dept_run_row(params: Path, env: dict) -> float:
 
 
 def dvc_row(params: Path, env: dict) -> float:
-    """`dvc repro` as `make demo` runs it: one shared Prefect server, the warm stage runner."""
+    """`dvc repro` as `make demo` runs it: one shared Prefect server and (unless `env` sets
+    DEPT_NO_WARM) the warm stage runner."""
     return timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
                  fresh_copy(params), env)
 
@@ -189,8 +190,7 @@ def main() -> None:
                      dvc_row(Path(args.params), env)))
     if not args.skip_dvc and args.cold_stages:
         rows.append(("dvc repro, shared server, no warm runner",
-                     timed([str(REPO / "scripts/with_prefect_server.sh"), "dvc", "repro"],
-                           fresh_copy(Path(args.params)), {**env, "DEPT_NO_WARM": "1"})))
+                     dvc_row(Path(args.params), {**env, "DEPT_NO_WARM": "1"})))
     if not args.skip_dvc and not args.skip_per_stage_servers:
         rows.append(("dvc repro, a temporary server per stage",
                      timed(["dvc", "repro"], fresh_copy(Path(args.params)),
