@@ -149,3 +149,16 @@ def tune_host_allocator(cfg: Config) -> dict | None:
     if mallopt(M_MMAP_THRESHOLD, mmap) == 1 and mallopt(M_TRIM_THRESHOLD, trim) == 1:
         _allocator_tuned = {"mmap_threshold": mmap, "trim_threshold": trim}
     return _allocator_tuned or None
+
+
+def deterministic(seed: int) -> None:
+    """Evaluation that repeats bit for bit on the same machine: torch's deterministic
+    algorithms where it has them (cheap on CPU: the kernels used here are deterministic
+    already; on CUDA it picks deterministic kernels), the global RNG seeded (nothing here
+    should draw from it: every sampler has its own generator), and the thread count left as
+    it is — a CPU reduction's result depends on it, so runs compare only on one setting."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(seed)

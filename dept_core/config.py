@@ -245,16 +245,83 @@ class TrainConfig(Section):
 
 # ------------------------------------------------------------------------------- evaluate ----
 class DownstreamConfig(Section):
-    """Fine-tuning on a labelled task with a classification head (paper §5, downstream)."""
+    """A labelled task (paper §5, downstream): fine-tuned as trained and after CPT, a linear
+    probe on the frozen body, beside majority-class and bag-of-words rows
+    (dept_core.downstream)."""
 
     path: str = Field("corpus/downstream/topic.jsonl.gz",
-                      description="JSON lines {text, label, split[, lang]}, relative to the project "
-                      "root (corpus/...: the embedded task)")
+                      description="JSON lines {text, label, split[, lang, id, group]}, relative "
+                      "to the project root (corpus/...: the embedded task)")
     languages: list[str] | None = Field(None, description="keep rows of these langs (all)")
-    steps: int = Field(150, ge=0, description="fine-tuning steps (0: skip downstream)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the train rows' "
+                                "groups (packages) held out to choose on")
+    steps: list[int] = Field(default_factory=lambda: [100, 200], min_length=1,
+                             description="fine-tuning step counts to choose from (checkpoints "
+                             "of one run per rate); 0: no downstream")
+    lrs: list[float] = Field(default_factory=lambda: [3e-4, 1e-3, 3e-3], min_length=1,
+                             description="peak AdamW rates to choose from, body and head alike")
     batch_size: int = Field(16, gt=0)
     max_len: int = Field(128, gt=2, description="tokens per example (truncated)")
-    lr: float = Field(1e-3, gt=0, description="peak AdamW rate, body and head alike")
+    probe_cs: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1000.0],
+                                  min_length=1,
+                                  description="inverse L2 strengths of the frozen-body linear "
+                                  "head, chosen on validation")
+
+    @field_validator("steps", "lrs", "probe_cs", mode="before")
+    @classmethod
+    def _scalar_is_one_point(cls, value):
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else value
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if min(steps) < 0 or len(set(steps)) != len(steps) or (0 in steps and len(steps) > 1):
+            raise ValueError(f"expected distinct step counts > 0 (or [0]: skip), got {steps}")
+        return sorted(steps)
+
+    @field_validator("lrs", "probe_cs")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if min(values) <= 0 or len(set(values)) != len(values):
+            raise ValueError(f"expected distinct values > 0, got {values}")
+        return values
+
+    @property
+    def enabled(self) -> bool:
+        return max(self.steps) > 0
+
+
+class ProbeConfig(Section):
+    """The frozen-body probe (dept_core.probe): only a fresh global embedding trains."""
+
+    lrs: list[float] = Field(default_factory=lambda: [0.003, 0.01, 0.03], min_length=1,
+                             description="peak AdamW rates, the same grid for every body; "
+                             "each body's is chosen on validation")
+    steps: int = Field(100, ge=0, description="AdamW steps per rate (0: no probe)")
+    batch_size: int = Field(8, gt=0, description="sequences per step, from the mixture")
+
+    @field_validator("lrs")
+    @classmethod
+    def _positive(cls, lrs: list[float]) -> list[float]:
+        if min(lrs) <= 0 or len(set(lrs)) != len(lrs):
+            raise ValueError(f"expected distinct rates > 0, got {lrs}")
+        return lrs
+
+
+class MinimalPairsConfig(Section):
+    """Zero-shot minimal pairs (dept_core.minimal_pairs): real text against the same words
+    reordered, scored by log-likelihood, from every source's test split."""
+
+    items_per_source: int = Field(100, ge=0, description="items per source (0: skip)")
+    context: int = Field(10, gt=0, description="units (words; 2-character chunks in CJK) "
+                         "of real context before the reordered span")
+    length: int = Field(6, ge=3, description="units in the span that is reordered")
+    choices: int = Field(4, ge=2, description="the real span and choices - 1 reorderings")
+    protocols: list[Literal["as_trained", "after_cpt", "probe"]] = Field(
+        default_factory=lambda: ["as_trained", "probe"], min_length=1,
+        description="which models score the items: as trained (own tokenizers), after CPT, "
+        "the frozen body with the probe's embedding")
 
 
 class EvaluateConfig(Section):
@@ -275,6 +342,11 @@ class EvaluateConfig(Section):
         None, description="unseen sources to adapt to (default: the heldout sources)")
     reference: bool = Field(True, description="also evaluate a randomly initialised body")
     downstream: DownstreamConfig = DownstreamConfig()
+    probe: ProbeConfig = ProbeConfig()
+    minimal_pairs: MinimalPairsConfig = MinimalPairsConfig()
+    cpt_eval_points: int = Field(4, ge=0, description="validation bits/byte at this many "
+                                 "evenly spaced CPT steps (the last included): the curve "
+                                 "shows whether the gap between bodies closes or holds")
 
     @field_validator("cpt_from_pretrained")
     @classmethod

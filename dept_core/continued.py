@@ -93,14 +93,42 @@ def train_steps(model, cfg: Config, sampler, steps: int, lr: float, device,
     return loss_sum / max(tok_sum, 1)
 
 
+def cpt_checkpoints(steps: int, points: int) -> list[int]:
+    """`points` evenly spaced step counts ending at `steps` (none when `points` is 0)."""
+    return sorted({max(1, round(steps * k / points)) for k in range(1, points + 1)}) \
+        if points and steps else []
+
+
 def continued_pretraining(cfg: Config, body: Body, bank: Bank, data: dict[str, SourceData],
-                          device) -> tuple[torch.nn.Module, dict]:
-    """CPT of `body` + `bank` on the mixture of `data` (global tokenizer); returns the model."""
+                          device, curve: bool = False) -> tuple[torch.nn.Module, dict]:
+    """CPT of `body` + `bank` on the mixture of `data` (global tokenizer); returns the model.
+    With `curve`, validation bits/byte (and per-document losses) of every source in `data`
+    at `evaluate.cpt_eval_points` checkpoints: how the gap between bodies moves with the
+    length of the CPT (the paper fixes one length; beyond it)."""
     steps = cpt_steps(cfg)
     model = model_from(cfg, body, bank, device)
+    marks = cpt_checkpoints(steps, cfg.evaluate.cpt_eval_points) if curve else []
+    points: list[dict] = []
+
+    def on_chunk(step: int) -> None:
+        if step in marks:
+            points.append({"step": step, "val": evaluate_sets(
+                model, {k: s.val for k, s in data.items()}, device)})
+
     loss = train_steps(model, cfg, mixture(cfg, data, "cpt"), steps,
-                       cfg.evaluate.cpt_lr or cfg.train.lr, device)
-    return model, {"steps": steps, "train_loss": loss}
+                       cfg.evaluate.cpt_lr or cfg.train.lr, device,
+                       _gcd_every(marks, steps) if marks else None, on_chunk if marks else None)
+    info = {"steps": steps, "train_loss": loss}
+    if marks:
+        info["curve"] = points
+    return model, info
+
+
+def _gcd_every(marks: list[int], steps: int) -> int:
+    """The largest chunk that lands on every checkpoint (train_steps calls back per chunk)."""
+    import math
+
+    return math.gcd(*marks, steps)
 
 
 def test_sets(cfg: Config, prepared: Path, tok_dir: Path, sources: list[str]

@@ -1,21 +1,42 @@
-"""Downstream: fine-tune a body with a classification head on a real labelled task.
+"""Downstream: a body on a real labelled task, three ways, beside the ceilings and the floor.
 
-Paper §5 fine-tunes the pre-trained models on downstream tasks; at this scale we use the
-embedded topic-classification task (Debian package descriptions, written by people, with the
-package's section as the label, in eight languages). The classifier is the language model's
-`transformers` base model (body and input embeddings) with a new linear head over the
-mean-pooled final hidden states; every parameter is fine-tuned. The floor is the same model
-with a randomly initialised body and embedding, fine-tuned identically.
+Paper §5 fine-tunes the pre-trained models on downstream tasks (the camera-ready adds
+fine-tuning after continued pre-training). At this scale the task is the embedded topic
+classification (Debian package descriptions, written by people, labelled with the package's
+archive section, in eight languages). Every body — the untrained one included — goes through
+the same protocols (`dept_core.evaluate` runs them):
 
-Input rows are JSON lines `{"text": str, "label": str, "split": "train"|"test", "lang": str?}`
-(`.gz` allowed). Interpretation: every variant is fine-tuned from its model after continued
-pre-training with the global tokenizer (so all variants read the task with the same tokens).
+* **as trained**: the models a user of the variant deploys — each language read by its own
+  source's exported model (SPEC/SPEC-OPT: that source's embeddings and tokenizer), a language
+  that is not a training source by the global model where one exists; one classifier whose
+  body is shared by those models (DEPT's shape: one body, per-source embeddings);
+* **after CPT**: the model after continued pre-training with a fresh global embedding (the
+  paper's like-for-like row: every body reads the task with the same tokens);
+* **frozen probe**: the body frozen with the probe's embedding (`dept_core.probe`), only a
+  linear head on mean-pooled features trains (`linear_probe`).
+
+Fine-tuning is chosen on validation (the study's equal-budget rule): the same grid of peak
+rates × steps for every body; the validation rows are carved out of the train rows grouped
+by package (`carve_validation`), never touching a test package; only the chosen point is
+scored on test. The ceilings (majority class, bag of words: `dept_core.baselines`) train on
+the same rows.
+
+Interpretation: the classifier trains on the rows of the languages that are training sources
+(every body reads them, so every body trains on the same rows); the other languages are a
+zero-shot transfer test, scored where a body can read them. Where no task language is a
+training source (a multi-domain corpus), every language trains.
+
+Input rows are JSON lines `{"text": str, "label": str, "split": "train"|"test",
+"lang": str?, "id": str?, "group": str?}` (`.gz` allowed); `group` (default: the package
+part of an `id` "lang:package", else the text) keeps translations of one description on one
+side of the validation split.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,12 +52,21 @@ from dept_core.trainer import autocast_for, local_train
 PAD_ID = SPECIAL_IDS["pad_token_id"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Example:
     text: str
     label: str
-    split: str
+    split: str  # train | val | test
     lang: str
+    group: str
+
+
+def _group(row: dict) -> str:
+    if isinstance(row.get("group"), str) and row["group"]:
+        return row["group"]
+    if isinstance(row.get("id"), str) and ":" in row["id"]:
+        return row["id"].split(":", 1)[1]
+    return hashlib.sha1(row["text"].encode("utf-8")).hexdigest()
 
 
 def load_task(path: Path, languages: list[str] | None = None) -> list[Example]:
@@ -50,7 +80,8 @@ def load_task(path: Path, languages: list[str] | None = None) -> list[Example]:
                 or not isinstance(row.get("label"), str) \
                 or row.get("split") not in ("train", "test"):
             raise DataError(f"{path}:{i}: expected {{text: str, label: str, split: train|test}}")
-        rows.append(Example(row["text"], row["label"], row["split"], str(row.get("lang", ""))))
+        rows.append(Example(row["text"], row["label"], row["split"], str(row.get("lang", "")),
+                            _group(row)))
     if languages is not None:
         rows = [r for r in rows if r.lang in set(languages)]
     for split in ("train", "test"):
@@ -58,6 +89,50 @@ def load_task(path: Path, languages: list[str] | None = None) -> list[Example]:
             raise DataError(f"{path}: no '{split}' rows"
                             + (f" for languages {languages}" if languages else ""))
     return rows
+
+
+def carve_validation(rows: list[Example], fraction: float, seed: int) -> list[Example]:
+    """Move a seeded `fraction` of the train rows' groups to a `val` split. A group is wholly
+    in train or in val, and never a group that has test rows (so validation and test never
+    share a package); test rows are untouched."""
+    test_groups = {r.group for r in rows if r.split == "test"}
+
+    def to_val(group: str) -> bool:
+        return derived_seed(seed, "downstream-val", group) % 10_000 < fraction * 10_000
+
+    return [replace(r, split="val") if r.split == "train" and r.group not in test_groups
+            and to_val(r.group) else r for r in rows]
+
+
+@dataclass
+class Task:
+    """The task as every protocol sees it (the same rows for every body)."""
+
+    labels: list[str]
+    train: list[Example]   # the rows fine-tuning and the ceilings train on
+    val: list[Example]     # what every choice is made on
+    test: list[Example]    # every test row (zero-shot languages included)
+    train_langs: list[str]  # the languages trained on; the headline accuracy is over them
+
+    def label_ids(self, rows: list[Example]) -> torch.Tensor:
+        return torch.tensor([self.labels.index(r.label) for r in rows])
+
+
+def prepare_task(cfg: Config, path: Path) -> Task:
+    """Read the task, carve the validation split, keep the training languages' rows for
+    training and validation (all rows when no task language is a training source)."""
+    dc = cfg.evaluate.downstream
+    rows = carve_validation(load_task(path, dc.languages), dc.val_fraction, cfg.seed)
+    langs = sorted({r.lang for r in rows})
+    train_langs = [lang for lang in langs if lang in set(cfg.data.train_sources)] or langs
+    train = [r for r in rows if r.split == "train" and r.lang in train_langs]
+    val = [r for r in rows if r.split == "val" and r.lang in train_langs]
+    if not train or not val:
+        raise DataError(f"{path}: {len(train)} train and {len(val)} validation rows in "
+                        f"{train_langs} after carving evaluate.downstream.val_fraction "
+                        f"{dc.val_fraction}: too few to fine-tune and choose on")
+    return Task(sorted({r.label for r in rows}), train, val,
+                [r for r in rows if r.split == "test"], train_langs)
 
 
 def encode(sp, texts: list[str], max_len: int) -> list[list[int]]:
@@ -73,9 +148,34 @@ def _pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, (ids != PAD_ID).long()
 
 
-class MeanPoolClassifier(torch.nn.Module):
-    """The LM's base model (body + input embeddings), mean-pooled over the real tokens, and a
-    new linear head.
+def share_body(bases: list[torch.nn.Module]) -> None:
+    """Make every base model use the first one's body parameters (the same tensors), keeping
+    each one's own embeddings: one body, per-source embeddings."""
+    first = bases[0]
+    shared = {n: p for n, p in first.named_parameters() if id(p) not in _bank_ids(first)}
+    for base in bases[1:]:
+        for name in list(shared):
+            owner, _, attr = name.rpartition(".")
+            mod = base.get_submodule(owner) if owner else base
+            mod._parameters[attr] = shared[name]
+
+
+def _bank_ids(base: torch.nn.Module) -> set[int]:
+    """A base model's embeddings: tokens, and learned positions where it has them."""
+    ids = {id(p) for p in base.get_input_embeddings().parameters()}
+    if isinstance(getattr(base, "wpe", None), torch.nn.Embedding):  # GPT-2's positions
+        ids.add(id(base.wpe.weight))
+    return ids
+
+
+def _base(lm):
+    """The LM without its output layer (HF's `base_model`), as a module of its own."""
+    return copy.deepcopy(lm.base_model)
+
+
+class Classifier(torch.nn.Module):
+    """Base model(s) mean-pooled over the real tokens, and one new linear head. With several
+    base models (a route per source model) the body is shared and each keeps its embeddings.
 
     Beyond the paper (it does not fix a head): we pool by the mean, not the last token
     (`AutoModelForSequenceClassification`'s choice for causal LMs). Measured on the demo: with
@@ -84,82 +184,154 @@ class MeanPoolClassifier(torch.nn.Module):
     specialised for next-token prediction.
     """
 
-    def __init__(self, lm, n_labels: int, seed: int):
+    def __init__(self, lms: list, n_labels: int, seed: int):
         super().__init__()
-        self.base = copy.deepcopy(lm.base_model)
-        d = lm.config.hidden_size if hasattr(lm.config, "hidden_size") else lm.config.n_embd
+        self.bases = torch.nn.ModuleList([_base(lm) for lm in lms])
+        share_body(list(self.bases))
+        cfg = lms[0].config
+        d = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derived_seed(seed, "downstream-head"))
             self.head = torch.nn.Linear(d, n_labels)
 
-    def forward(self, input_ids, attention_mask):
-        h = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return self.head((h * m).sum(1) / m.sum(1).clamp_min(1))
+    def pooled(self, route: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.bases[route](input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1)
+
+    def forward(self, route: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(route, ids, mask))
 
 
-class LabelledBatches:
-    """Random batches `(ids, mask, labels)` of the training examples (a seeded generator)."""
+@dataclass
+class Encoded:
+    """Examples as one body reads them: each example's route (base model) and token ids."""
 
-    def __init__(self, seqs: list[list[int]], labels: torch.Tensor, batch_size: int, seed: int):
-        self.seqs, self.labels, self.batch_size = seqs, labels, batch_size
+    routes: list[int]
+    seqs: list[list[int]]
+
+
+def run_routed(fn, enc: Encoded, idx: list[int], device) -> torch.Tensor:
+    """`fn(route, ids, mask)` over the examples `idx`, grouped by route, in `idx`'s order."""
+    out: list[torch.Tensor | None] = [None] * len(idx)
+    for route in sorted({enc.routes[i] for i in idx}):
+        pos = [j for j, i in enumerate(idx) if enc.routes[i] == route]
+        ids, mask = _pad([enc.seqs[idx[j]] for j in pos])
+        with autocast_for(device):
+            res = fn(route, ids.to(device), mask.to(device)).float()
+        for j, row in zip(pos, res):
+            out[j] = row
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+class IndexBatches:
+    """Random batches of training-example indices, each from one language (drawn with
+    probability ∝ its rows), so that a routed classifier runs one base model per step; a
+    seeded generator: the same batches for every body and every grid point."""
+
+    def __init__(self, langs: list[str], batch_size: int, seed: int):
+        self.groups = [torch.tensor([i for i, x in enumerate(langs) if x == lang])
+                       for lang in sorted(set(langs))]
+        self.weights = torch.tensor([len(g) for g in self.groups], dtype=torch.float64)
+        self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(derived_seed(seed, "downstream-batches"))
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, len(self.seqs), (self.batch_size,),
-                            generator=self.generator).tolist()
-        ids, mask = _pad([self.seqs[i] for i in idx])
-        return ids, mask, self.labels[idx]
-
-
-def classification_loss(clf, batch) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy of a batch (count 1: the inner loop's step minimises it as is)."""
-    ids, mask, labels = batch
-    return torch.nn.functional.cross_entropy(clf(ids, mask).float(), labels), 1
-
-
-def finetune(cfg: Config, lm, sp, rows: list[Example], device) -> dict:
-    """Fine-tune a copy of `lm` on the train rows; accuracy and macro-F1 on the test rows."""
-    dc = cfg.evaluate.downstream
-    labels = sorted({r.label for r in rows})
-    train = [r for r in rows if r.split == "train"]
-    test = [r for r in rows if r.split == "test"]
-    batches = LabelledBatches(encode(sp, [r.text for r in train], dc.max_len),
-                              torch.tensor([labels.index(r.label) for r in train]),
-                              dc.batch_size, cfg.train.seed)
-    clf = MeanPoolClassifier(lm, len(labels), cfg.train.seed).to(device).train()
-    opt = torch.optim.AdamW(clf.parameters(), lr=dc.lr, weight_decay=cfg.train.weight_decay,
-                            betas=tuple(cfg.train.betas))
-    warmup = max(1, dc.steps // 10)
-    stats = local_train(clf, opt, batches, dc.steps, 0,
-                        lambda s: lr_at(s, dc.steps, dc.lr, warmup, cfg.train.min_lr_ratio),
-                        cfg.train.grad_clip, device, classification_loss)
-    losses = stats.step_losses
-    pred = predict(clf, encode(sp, [r.text for r in test], dc.max_len), device)
-    pred_labels = [labels[p] for p in pred]
-    gold = [r.label for r in test]
-    langs = sorted({r.lang for r in test})
-    per_lang = {}
-    for lang in langs:
-        pairs = [(p, r.label) for p, r in zip(pred_labels, test) if r.lang == lang]
-        per_lang[lang] = accuracy([p for p, _ in pairs], [g for _, g in pairs])
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"accuracy": accuracy(pred_labels, gold), "macro_f1": macro_f1(pred_labels, gold),
-            # per test example (file order, the same for every variant): paired intervals
-            "correct": [int(p == g) for p, g in zip(pred_labels, gold)],
-            "accuracy_per_language": per_lang, "labels": labels, "n_train": len(train),
-            "n_test": len(test), "steps": dc.steps,
-            "final_train_loss": sum(tail) / len(tail) if tail else None,
-            "majority_class_accuracy": max(gold.count(c) for c in labels) / len(gold)}
+    def next(self) -> torch.Tensor:
+        g = self.groups[int(torch.multinomial(self.weights, 1, generator=self.generator))]
+        return g[torch.randint(0, len(g), (self.batch_size,), generator=self.generator)]
 
 
 @torch.no_grad()
-def predict(clf, seqs: list[list[int]], device, batch: int = 64) -> list[int]:
+def predict(clf: Classifier, enc: Encoded, labels: torch.Tensor | None, device,
+            batch: int = 64) -> tuple[list[int], float | None]:
+    """Predicted label ids, and the mean cross-entropy when `labels` are given."""
+    was = clf.training
     clf.eval()
-    out = []
-    for i in range(0, len(seqs), batch):
-        ids, mask = _pad(seqs[i:i + batch])
-        with autocast_for(device):
-            logits = clf(ids.to(device), mask.to(device))
-        out.extend(logits.argmax(-1).tolist())
-    return out
+    preds, loss = [], 0.0
+    for i in range(0, len(enc.seqs), batch):
+        idx = list(range(i, min(i + batch, len(enc.seqs))))
+        logits = run_routed(clf, enc, idx, device)
+        preds.extend(logits.argmax(-1).tolist())
+        if labels is not None:
+            loss += float(torch.nn.functional.cross_entropy(
+                logits, labels[idx].to(logits.device), reduction="sum"))
+    clf.train(was)
+    return preds, (loss / len(enc.seqs) if labels is not None else None)
+
+
+def choose_point(val: dict[tuple[float, int], dict]) -> tuple[float, int]:
+    """The grid point with the highest validation accuracy (ties: the lower validation loss,
+    then the smaller rate and fewer steps). Only validation numbers enter: nothing measured
+    on test can move the choice."""
+    return min(val, key=lambda k: (-val[k]["accuracy"], val[k]["loss"], k))
+
+
+def finetune_grid(cfg: Config, make: callable, task: Task, train: Encoded, val: Encoded,
+                  device) -> tuple[Classifier, dict]:
+    """Fine-tune a classifier (`make()`) once per peak rate of `evaluate.downstream.lrs`,
+    scoring validation after each step count of `evaluate.downstream.steps` (checkpoints of
+    one run: warm-up over 10 % of the longest, then cosine decay over it); return the
+    classifier at the point chosen on validation and the grid's validation numbers."""
+    dc, t = cfg.evaluate.downstream, cfg.train
+    steps, total = sorted(dc.steps), max(dc.steps)
+    y_train, y_val = task.label_ids(task.train), task.label_ids(task.val)
+    warmup = max(1, total // 10)
+    scores, best_state = {}, None
+    for lr in dc.lrs:
+        clf = make().to(device).train()
+        opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=lr,
+                                weight_decay=t.weight_decay, betas=tuple(t.betas))
+        batches = IndexBatches([r.lang for r in task.train], dc.batch_size, t.seed)
+
+        def loss_fn(model, idx):
+            idx = idx.tolist()
+            logits = run_routed(model, train, idx, device)
+            return torch.nn.functional.cross_entropy(logits, y_train[idx].to(device)), 1
+
+        done = 0
+        for s in steps:
+            local_train(clf, opt, batches, s - done, done,
+                        lambda i, lr=lr: lr_at(i, total, lr, warmup, t.min_lr_ratio),
+                        t.grad_clip, torch.device("cpu"), loss_fn)
+            done = s
+            pred, loss = predict(clf, val, y_val, device)
+            scores[(lr, s)] = {"accuracy": accuracy(pred, y_val.tolist()), "loss": loss}
+            if choose_point(scores) == (lr, s):
+                best_state = copy.deepcopy(clf.state_dict())
+    chosen = choose_point(scores)
+    clf = make().to(device)
+    clf.load_state_dict(best_state)
+    return clf, {"lr": chosen[0], "steps": chosen[1],
+                 "val": [{"lr": k[0], "steps": k[1], **v} for k, v in scores.items()],
+                 "at_grid_edge": _at_edge(chosen, dc.lrs, dc.steps)}
+
+
+def _at_edge(chosen: tuple[float, int], lrs: list[float], steps: list[int]) -> bool:
+    """The chosen rate at an end of a grid of several rates (the optimum may lie outside)."""
+    return len(lrs) > 1 and chosen[0] in (min(lrs), max(lrs))
+
+
+def scored(task: Task, pred: dict[int, int]) -> dict:
+    """Accuracy over the training languages' test rows (the headline: every body reads them),
+    macro-F1 there, accuracy per language, and per test row 1/0 (None: a row this body
+    cannot read) for paired intervals."""
+    correct = [None if i not in pred else int(task.labels[pred[i]] == r.label)
+               for i, r in enumerate(task.test)]
+    head = [i for i, r in enumerate(task.test) if r.lang in task.train_langs and i in pred]
+    per_lang = {}
+    for lang in sorted({r.lang for r in task.test}):
+        got = [correct[i] for i, r in enumerate(task.test) if r.lang == lang
+               and correct[i] is not None]
+        if got:
+            per_lang[lang] = sum(got) / len(got)
+    gold = [task.test[i].label for i in head]
+    pred_labels = [task.labels[pred[i]] for i in head]
+    return {"accuracy": accuracy(pred_labels, gold) if head else None,
+            "macro_f1": macro_f1(pred_labels, gold) if head else None,
+            "accuracy_per_language": per_lang, "correct": correct}
+
+
+def test_predictions(clf: Classifier, test: Encoded, readable: list[int], device
+                     ) -> dict[int, int]:
+    pred, _ = predict(clf, test, None, device)
+    return dict(zip(readable, pred))

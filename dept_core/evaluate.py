@@ -27,7 +27,8 @@ from dept_core import REPO_ROOT, accel, layout
 from dept_core import continued as cp
 from dept_core import tokenizers as tk
 from dept_core.config import Config
-from dept_core.downstream import finetune, load_task
+from dept_core import body_protocols, probe
+from dept_core.downstream import prepare_task
 from dept_core.errors import DataError
 from dept_core.export import check_model_dir
 from dept_core.model import build_model, get_bank, get_body
@@ -113,11 +114,13 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
     """
     root = Path(root)
     accel.tune_host_allocator(cfg)
+    accel.deterministic(cfg.train.seed)
     prepared, tok_root = layout.prepared(root), layout.tokenizers(root)
     models_dir = layout.models_dir(root, variant, cfg.train.seed)
     ev, train_src, heldout = cfg.evaluate, cfg.data.train_sources, cfg.data.heldout_sources
     global_dir = Path(tok_root) / "global"
-    vocab = tk.load(global_dir / "spm.model").get_piece_size()
+    gsp = tk.load(global_dir / "spm.model")
+    vocab = gsp.get_piece_size()
     out: dict = {"variant": variant, "seed": cfg.train.seed,
                  "unigram": unigram_yardstick(tok_root, prepared, train_src + heldout),
                  "seconds": {}}
@@ -138,41 +141,57 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
         lap("as_trained")
         body, pre_bank = pretrained_parts(models_dir)
 
-    cpt_model = None
+    need_tests = cp.cpt_steps(cfg) > 0 or ev.probe.steps > 0
+    tests = cp.test_sets(cfg, prepared, global_dir, train_src + heldout) if need_tests else {}
+    data = cp.global_data(cfg, prepared, tok_root, train_src) if need_tests else {}
+    models = {}  # the global-tokenizer models the body protocols continue from
     if cp.cpt_steps(cfg) > 0:
-        tests = cp.test_sets(cfg, prepared, global_dir, train_src + heldout)
-        data = cp.global_data(cfg, prepared, tok_root, train_src)
         starts = {"fresh": cp.fresh_bank(cfg, vocab)}
         if pre_bank is not None and variant in ev.cpt_from_pretrained:
             starts["pretrained"] = pre_bank
         out["continued"] = {}
         for name, bank in starts.items():
-            model, info = cp.continued_pretraining(cfg, body, bank, data, device)
-            res = cp.evaluate_sets(model, tests, device)
-            out["continued"][name] = {
-                **info, **cp.with_means({k: res[k] for k in train_src},
-                                        {k: res[k] for k in heldout})}
+            model, info = cp.continued_pretraining(cfg, body, bank, data, device,
+                                                   curve=name == "fresh")
+            out["continued"][name] = {**info, **_tested(model, tests, train_src, heldout,
+                                                        device)}
             if name == "fresh":
-                cpt_model = model
+                models["after_cpt"] = model
             lap(f"continued_{name}")
+
+    if ev.probe.steps > 0:
+        model, info = probe.lm_probe(cfg, body, vocab, data, device)
+        out["probe"] = {**info, **_tested(model, tests, train_src, heldout, device)}
+        models["probe"] = model
+        lap("probe")
 
     unseen = ev.plasticity_sources if ev.plasticity_sources is not None else heldout
     if ev.plasticity_steps > 0 and unseen:
-        data = cp.global_data(cfg, prepared, tok_root, unseen)
+        pdata = cp.global_data(cfg, prepared, tok_root, unseen)
         out["plasticity"] = {"steps": ev.plasticity_steps,
-                             "curves": {k: cp.plasticity(cfg, body, vocab, data[k], device)
+                             "curves": {k: cp.plasticity(cfg, body, vocab, pdata[k], device)
                                         for k in unseen}}
         lap("plasticity")
 
-    if ev.downstream.steps > 0:
-        rows = load_task(task_path(root, ev.downstream.path), ev.downstream.languages)
-        # The floor is the untrained model; every pre-trained variant starts from its CPT
-        # model (or, with CPT off, from its body with the fresh embedding).
-        lm = (cpt_model if cpt_model is not None and variant != REFERENCE
-              else cp.model_from(cfg, body, pre_bank or cp.fresh_bank(cfg, vocab), device))
-        out["downstream"] = finetune(cfg, lm, tk.load(global_dir / "spm.model"), rows, device)
+    untrained = cp.model_from(cfg, body, cp.fresh_bank(cfg, vocab), device) \
+        if variant == REFERENCE else None
+    if ev.downstream.enabled:
+        task = prepare_task(cfg, task_path(root, ev.downstream.path))
+        out["downstream"] = body_protocols.downstream(
+            cfg, task, untrained, models_dir, models, gsp, device,
+            with_ceilings=variant == REFERENCE or not ev.reference)
         lap("downstream")
+
+    if ev.minimal_pairs.items_per_source > 0:
+        out["zero_shot"] = body_protocols.zero_shot(
+            cfg, prepared, tok_root, untrained, models_dir, models, gsp, device)
+        lap("zero_shot")
     return out
+
+
+def _tested(model, tests: dict, train_src: list[str], heldout: list[str], device) -> dict:
+    res = cp.evaluate_sets(model, tests, device)
+    return cp.with_means({k: res[k] for k in train_src}, {k: res[k] for k in heldout})
 
 
 def task_path(root: Path, path: str) -> Path:

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from dept_core import report_body
 from dept_core.metrics import mean
-from dept_core.stats import (Interval, PairedBootstrap, curve_auc_bootstrap, paired_accuracy,
+from dept_core.stats import (Interval, PairedBootstrap, curve_auc_bootstrap,
                              percentile_interval, standard_error_pct, verdict_word)
 from dept_core.variants import BASELINE, REFERENCE, report_order
 
 PROTOCOLS = {"as_trained": "as trained (own embeddings)",
              "cpt_fresh": "CPT, fresh global embedding",
-             "cpt_pretrained": "CPT, pre-trained global embedding"}
+             "cpt_pretrained": "CPT, pre-trained global embedding",
+             "probe": "frozen-body probe (only a fresh global embedding trains)"}
 DISTS = {"id": "in_distribution", "ood": "out_of_distribution"}
 ByVariant = dict[str, dict[int, dict]]
 
@@ -41,8 +43,8 @@ def fmt_iv(iv: dict | None, spec: str = ".3f", unit: str = "") -> str:
 
 
 def _section(e: dict, proto: str) -> dict | None:
-    if proto == "as_trained":
-        return e.get("as_trained")
+    if proto in ("as_trained", "probe"):
+        return e.get(proto)
     return e.get("continued", {}).get(proto.removeprefix("cpt_"))
 
 
@@ -95,7 +97,8 @@ def _table(evals: ByVariant, proto: str, unigram: dict, n_boot: int) -> dict:
                 cell.update(vs_std_pct=iv.as_dict(), verdict=verdict_word(iv))
             if REFERENCE in losses and v != REFERENCE:
                 iv = boot.diff(v, REFERENCE)  # untrained − v: > 0 means v's body helps
-                cell.update(vs_untrained=iv.as_dict(), beats_untrained=iv.low > 0)
+                cell.update(vs_untrained={**iv.as_dict(), "verdict": verdict_word(iv)},
+                            beats_untrained=iv.low > 0)
             if ref is not None:
                 cell["unigram_ratio"] = boot.ratio_to_reference(v).as_dict()
             row[dist] = cell
@@ -137,27 +140,6 @@ def _plasticity(evals: ByVariant, n_boot: int) -> dict:
     return out
 
 
-def _downstream(evals: ByVariant, n_boot: int) -> dict:
-    have = {v: by_seed for v, by_seed in evals.items()
-            if all(e.get("downstream") for e in by_seed.values())}
-    if not have:
-        return {}
-    point, reps = paired_accuracy({v: {s: e["downstream"]["correct"] for s, e in bs.items()}
-                                   for v, bs in have.items()}, n_boot)
-    out = {}
-    for v in report_order(set(have)):
-        ds = list(have[v].values())
-        row = {"accuracy": percentile_interval(point[v], reps[v]).as_dict(),
-               "macro_f1": mean([d["downstream"]["macro_f1"] for d in ds]),
-               "majority_class_accuracy": ds[0]["downstream"]["majority_class_accuracy"],
-               "accuracy_per_language": ds[0]["downstream"]["accuracy_per_language"]}
-        if REFERENCE in point and v != REFERENCE:
-            iv = percentile_interval(point[v] - point[REFERENCE], reps[v] - reps[REFERENCE])
-            row.update(vs_untrained=iv.as_dict(), verdict=verdict_word(iv))
-        out[v] = row
-    return out
-
-
 def evaluation(evals: ByVariant, pre_rows: dict[str, dict], n_boot: int = 2000) -> dict:
     any_eval = next(iter(next(iter(evals.values())).values()))
     unigram = any_eval.get("unigram", {})
@@ -167,7 +149,7 @@ def evaluation(evals: ByVariant, pre_rows: dict[str, dict], n_boot: int = 2000) 
     steps = [e["continued"]["fresh"].get("steps") for by_seed in evals.values()
              for e in by_seed.values() if e.get("continued", {}).get("fresh")]
     return {"tables": tables, "plasticity": _plasticity(evals, n_boot),
-            "downstream": _downstream(evals, n_boot),
+            **report_body.body_evaluation(evals, n_boot),
             "unigram": {s: {k: u[k] for k in ("test_bpb", "unigram_bpb") if k in u}
                         for s, u in unigram.items()},
             "cpt_check": {"steps": steps[0] if steps else 0, "bodies_beating_untrained": beating,
@@ -205,7 +187,7 @@ def evaluation_markdown(summary: dict) -> list[str]:
               "pre-training of each body on the mixture; `random` = the untrained body given "
               "the same CPT.", ""]
     lines += _per_source_markdown(ev)
-    lines += _plasticity_markdown(ev) + _downstream_markdown(ev)
+    lines += report_body.markdown(ev) + _plasticity_markdown(ev)
     return lines
 
 
@@ -259,24 +241,6 @@ def _plasticity_markdown(ev: dict) -> list[str]:
             "train on it alone; 'mean over curve' is the trapezoidal mean over the steps "
             "(lower = more plastic); 'vs untrained' = untrained − variant (positive: adapts "
             "faster than a random body).", ""]
-    return out
-
-
-def _downstream_markdown(ev: dict) -> list[str]:
-    if not ev["downstream"]:
-        return []
-    out = ["## Downstream: topic classification, fine-tuned with a classification head", ""]
-    head = ["variant", "accuracy [95 %]", "vs untrained", "macro-F1"]
-    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v, r in ev["downstream"].items():
-        out.append("| " + " | ".join([
-            v, fmt_iv(r["accuracy"]),
-            f"{fmt_iv(r['vs_untrained'], '+.3f')} {r['verdict']}" if "vs_untrained" in r
-            else "—", fmt(r["macro_f1"])]) + " |")
-    maj = next(iter(ev["downstream"].values()))["majority_class_accuracy"]
-    out += ["", f"Test accuracy (intervals: test examples resampled, paired); `random` is an "
-            f"untrained body fine-tuned identically (the floor). Always predicting the "
-            f"majority class scores {maj:.3f}.", ""]
     return out
 
 

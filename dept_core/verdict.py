@@ -11,9 +11,11 @@ from dept_core.variants import BASELINE, REFERENCE
 
 PROTOCOL_NAMES = {"as_trained": "as trained (own embeddings)",
                   "cpt_fresh": "after CPT with a fresh global embedding",
-                  "cpt_pretrained": "after CPT from the pre-trained global embedding"}
+                  "cpt_pretrained": "after CPT from the pre-trained global embedding",
+                  "probe": "frozen-body probe (only a fresh global embedding trains)"}
 DIST_NAMES = {"id": "in distribution", "ood": "out of distribution"}
-SHORT = {"as_trained": "as trained", "cpt_fresh": "CPT fresh", "cpt_pretrained": "CPT pre-trained"}
+SHORT = {"as_trained": "as trained", "cpt_fresh": "CPT fresh", "cpt_pretrained": "CPT pre-trained",
+         "probe": "frozen probe"}
 
 
 def settings_line(s: dict) -> str:
@@ -49,8 +51,8 @@ def verdict(summary: dict) -> list[str]:
     out += _vs_std(ev)
     out += _unigram(ev)
     out += _cpt(ev)
+    out += _bodies(ev)
     out += _plasticity(ev)
-    out += _downstream(ev)
     return out
 
 
@@ -125,16 +127,64 @@ def _plasticity(ev: dict) -> list[str]:
     return [line + "."]
 
 
-def _downstream(ev: dict) -> list[str]:
-    ds = ev.get("downstream", {})
-    if not ds:
-        return []
-    best = max((r["accuracy"]["value"], v) for v, r in ds.items() if v != REFERENCE)
-    line = (f"Downstream topic classification: highest accuracy {best[1]} "
-            f"({_iv(ds[best[1]]['accuracy'], '.3f', '')})")
-    vs = [f"{v} {r['verdict']}" for v, r in ds.items() if "verdict" in r]
+def _who(rows: dict, key: str, word: str) -> list[str]:
+    return [v for v, r in rows.items() if (r.get(key) or {}).get("verdict") == word]
+
+
+def _beats(name: str, rows: dict, extra: str = "") -> str:
+    """One sentence: which bodies beat the untrained one, and which beat STD's, beyond the
+    paired interval (the rest: not distinguishable, or worse)."""
+    bodies = {v: r for v, r in rows.items() if v != REFERENCE and "vs_untrained" in r}
+    if not bodies:
+        return ""
+    up = _who(bodies, "vs_untrained", "better")
+    line = (f"{name}: {len(up)} of {len(bodies)} pre-trained bodies beat the untrained body "
+            f"beyond the paired interval ({', '.join(up) or 'none'})")
+    vs = {v: r for v, r in bodies.items() if "vs_std" in r}
     if vs:
-        floor = ds.get(REFERENCE, {}).get("accuracy")
-        line += (f"; against the untrained body ({_iv(floor, '.3f', '')}): " if floor else
-                 "; against the untrained body: ") + ", ".join(vs)
-    return [line + "."]
+        better, worse = _who(vs, "vs_std", "better"), _who(vs, "vs_std", "worse")
+        line += (f"; against STD's body: better {', '.join(better) or 'none'}, worse "
+                 f"{', '.join(worse) or 'none'}, the rest not distinguishable")
+    return line + extra + "."
+
+
+def _bodies(ev: dict) -> list[str]:
+    out = []
+    probe = ev["tables"].get("probe", {})
+    if probe:
+        rows = {v: {"vs_untrained": r["id"].get("vs_untrained"),
+                    **({"vs_std": {"verdict": r["id"]["verdict"]}} if "verdict" in r["id"]
+                       else {})} for v, r in probe.items() if "id" in r}
+        edges = [v for v, c in ev.get("probe_choices", {}).items() if c["at_grid_edge"]]
+        out.append(_beats("Frozen-body probe (test bits/byte in distribution; only a fresh "
+                          "embedding trains)", rows,
+                          f"; rate at the edge of its grid for {', '.join(edges)}" if edges
+                          else "; every chosen rate lies inside its grid"))
+    ds = ev.get("downstream", {}).get("protocols", {})
+    for proto, table in ds.items():
+        bow = table.get("bag_of_words", {}).get("accuracy", {}).get("value")
+        best = max(((r["accuracy"]["value"], v) for v, r in table.items()
+                    if v not in ("majority", "bag_of_words", REFERENCE)), default=None)
+        extra = (f"; best body {best[1]} {best[0]:.3f} = {best[0] / bow:.0%} of the "
+                 f"bag-of-words ceiling {bow:.3f}" if best and bow else "")
+        out.append(_beats(f"Downstream, {PROTOCOL_DS[proto]}", table, extra))
+    zs = ev.get("zero_shot", {}).get("protocols", {})
+    for proto, p in zs.items():
+        out.append(_beats(f"Zero-shot minimal pairs, {PROTOCOL_ZS[proto]} (chance "
+                          f"{ev['zero_shot']['chance']:.2f})", p["rows"]))
+    curve = ev.get("cpt_curve", {})
+    if curve:
+        gaps = {v: (pts[0].get("vs_untrained"), pts[-1].get("vs_untrained"))
+                for v, pts in curve["variants"].items() if pts[0].get("vs_untrained")}
+        if gaps:
+            out.append(f"CPT validation curve, untrained − body from step {curve['steps'][0]} "
+                       f"to {curve['steps'][-1]}: " + "; ".join(
+                           f"{v} {a['value']:+.3f} → {b['value']:+.3f} ({b['verdict']})"
+                           for v, (a, b) in gaps.items()) + ".")
+    return [line for line in out if line]
+
+
+PROTOCOL_DS = {"as_trained": "fine-tuned as trained", "after_cpt": "fine-tuned after CPT",
+               "frozen_probe": "linear head on the frozen body"}
+PROTOCOL_ZS = {"as_trained": "as trained", "after_cpt": "after CPT",
+               "probe": "frozen body with the probe's embedding"}

@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger
 
 from dept_core import layout, report
 from dept_core import study as st
+from dept_core import study_report as sr
 from dept_core.atomic import atomic_dir, write_json, write_text
 from dept_core.variants import REFERENCE
 from flows.common import run_stage
@@ -122,7 +123,7 @@ def study_flow(study: str, root: str | None = None) -> dict:
                                   f"{st.digest(r['setting'], 6)}",
                                   r["as_trained_vs_std"]["value"],
                                   step=int(r["tokens_per_source"]))
-    print(st.markdown(summary))
+    print(sr.markdown(summary))
     return summary
 
 
@@ -179,21 +180,21 @@ def build_report(root: Path, spec: st.StudySpec, cells: list[st.Cell]) -> dict:
             continue
         settings.append(cell.setting_label)
         chosen = choice[cell.setting_label]
-        metrics, ev = st.merged(chosen, pretrain, evals)
+        metrics, ev = sr.merged(chosen, pretrain, evals)
         ref = chosen.get("std") or next(iter(chosen.values()))
         summary = report.comparison(metrics, ev, report.settings_of(ref.cfg), spec.bootstrap)
-        rows += st.rows_of(spec, cell, summary, chosen)
+        rows += sr.rows_of(spec, cell, summary, chosen)
     study = {"name": spec.name, "cells": len(cells), "settings": settings,
              "tune_points": len(cells) // max(len(settings), 1), "seeds": spec.seeds,
              "grid": spec.grid, "tune": spec.tune, "rows": rows,
-             "reference": REFERENCE, "verdict": st.study_verdict(rows)}
+             "reference": REFERENCE, "verdict": sr.study_verdict(rows)}
     out = layout.study_report(root, spec.name)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "plots") as tmp:
-        st.plot(rows, tmp)
-    write_text(out / "gap.csv", st.gap_csv(rows))
-    write_text(out / "gap_as_trained.csv", st.gap_long_csv(rows))
-    write_text(out / "summary.md", st.markdown(study))
+        sr.plot(rows, tmp)
+    write_text(out / "gap.csv", sr.gap_csv(rows))
+    write_text(out / "gap_as_trained.csv", sr.gap_long_csv(rows))
+    write_text(out / "summary.md", sr.markdown(study))
     write_json(out / "summary.json", study)
     return study
 

@@ -22,7 +22,7 @@ from tasks.tracking import MlflowSink, log_pretraining
 def evaluation_metrics(result: dict) -> dict[str, float]:
     """The evaluation as flat MLflow metric names (curves are logged with their steps)."""
     out: dict[str, float] = {}
-    sections = {"test": result.get("as_trained"),
+    sections = {"test": result.get("as_trained"), "probe": result.get("probe"),
                 **{f"cpt_{k}": v for k, v in result.get("continued", {}).items()}}
     for prefix, sec in sections.items():
         if not sec:
@@ -33,16 +33,28 @@ def evaluation_metrics(result: dict) -> dict[str, float]:
                 out[f"{prefix}_ppl/{src}"] = m["ppl"]
             if sec[f"{dist}_bpb_mean"] is not None:
                 out[f"{prefix}_bpb_{short}_mean"] = sec[f"{dist}_bpb_mean"]
+    if result.get("probe"):
+        out["probe_lr"] = result["probe"]["lr"]
     curves = result.get("plasticity", {}).get("curves", {})
     if curves:  # mean bits/byte over each held-out source's adaptation curve, then over sources
         aucs = [area_under_curve([p["step"] for p in c], [p["bpb"] for p in c])
                 for c in curves.values()]
         out["plasticity_bpb_auc_mean"] = sum(aucs) / len(aucs)
-    ds = result.get("downstream")
-    if ds:
-        out["downstream/accuracy"], out["downstream/macro_f1"] = ds["accuracy"], ds["macro_f1"]
-        for lang, acc in ds["accuracy_per_language"].items():
+    ds = result.get("downstream") or {}
+    for proto in ("as_trained", "after_cpt", "frozen_probe"):
+        if ds.get(proto) and ds[proto]["accuracy"] is not None:
+            out[f"downstream/{proto}/accuracy"] = ds[proto]["accuracy"]
+            out[f"downstream/{proto}/macro_f1"] = ds[proto]["macro_f1"]
+    # the headline: after CPT (the paper's like-for-like row), else as trained
+    head = ds.get("after_cpt") or ds.get("as_trained")
+    if head and head["accuracy"] is not None:
+        out["downstream/accuracy"], out["downstream/macro_f1"] = head["accuracy"], \
+            head["macro_f1"]
+        for lang, acc in head["accuracy_per_language"].items():
             out[f"downstream/accuracy/{lang}"] = acc
+    for proto, res in (result.get("zero_shot") or {}).items():
+        if isinstance(res, dict) and res.get("accuracy") is not None:
+            out[f"zero_shot/{proto}/accuracy"] = res["accuracy"]
     return out
 
 
@@ -74,7 +86,7 @@ def evaluate_task(cfg: Config, variant: str, root: Path,
              _fmt(result.get("as_trained", {}).get("in_distribution_bpb_mean")),
              _fmt(cpt.get("in_distribution_bpb_mean")),
              _fmt(cpt.get("out_of_distribution_bpb_mean")),
-             _fmt(result.get("downstream", {}).get("accuracy")))
+             _fmt(evaluation_metrics(result).get("downstream/accuracy")))
     return result
 
 

@@ -71,7 +71,8 @@ def test_act_is_evaluated_like_the_others(tokenized_root, tiny_raw, tmp_path):
     raw["train"].update(rounds=2, local_steps=4, batch_size=4, warmup_steps=1, act_every=3,
                         variants=["std", "act"])
     raw["evaluate"] = {"cpt_fraction": 0.2, "plasticity_steps": 4, "plasticity_eval_every": 2,
-                       "downstream": {"steps": 0}, "reference": False, "bootstrap": 200}
+                       "downstream": {"steps": 0}, "reference": False, "bootstrap": 200,
+                       "probe": {"steps": 0}, "minimal_pairs": {"items_per_source": 0}}
     cfg = validate(raw)
     root = tmp_path / "proj"
     for sub in (PREPARED, TOKENIZERS):

@@ -95,19 +95,34 @@ def test_stage_outputs(project):
         docs = fresh["in_distribution"]["en"]["docs"]   # per-document losses: paired intervals
         assert len(docs["loss"]) == len(docs["bytes"]) == len(
             (project / "data/prepared/en/test.jsonl").read_text().splitlines())
-        assert ev["downstream"]["n_test"] > 0 and set(ev["downstream"]["accuracy_per_language"]) \
-            == {"en", "de", "ja", "es"}
+        ds = ev["downstream"]
+        assert ds["task"]["n_test"] > 0 and ds["task"]["train_langs"] == ["de", "en", "ja"]
+        assert set(ds["after_cpt"]["accuracy_per_language"]) == {"en", "de", "ja", "es"}
+        # as trained: SPEC reads the held-out language with no model of its own
+        assert set(ds["as_trained"]["accuracy_per_language"]) == (
+            {"en", "de", "ja"} if variant == "spec" else {"en", "de", "ja", "es"})
+        assert set(ds) >= {"as_trained", "after_cpt", "frozen_probe"}
+        assert "ceilings" not in ds                      # computed once, by the reference
+        assert ev["probe"]["lr"] in (0.01, 0.03, 0.1) and ev["probe"]["steps"] == 10
+        assert set(ev["zero_shot"]) >= {"as_trained", "probe"}
+        assert (ev["zero_shot"]["as_trained"]["correct"]["es"] is None) == (variant == "spec")
     ref = json.loads((project / "results/evaluate/random/seed-0/metrics.json").read_text())
-    assert "as_trained" not in ref and ref["downstream"]["accuracy"] >= 0
+    assert "as_trained" not in ref and ref["downstream"]["as_trained"]["accuracy"] >= 0
+    assert ref["downstream"]["ceilings"]["bag_of_words"]["accuracy"] > \
+        ref["downstream"]["ceilings"]["majority"]["accuracy"]
     summary = (project / "results/compare/summary.md").read_text()
     assert summary.startswith("# DEPT comparison") and "| std |" in summary
     for heading in ("## Verdict", "## Test bits/byte with 95 % intervals",
-                    "### Per source", "## Plasticity", "## Downstream", "## Pre-training"):
+                    "### Per source", "## Plasticity", "## Downstream", "## Pre-training",
+                    "## Frozen-body probe", "## Zero-shot minimal pairs", "## CPT (fresh"):
         assert heading in summary
     assert "not distinguishable" in summary or " better" in summary or " worse" in summary
     data = json.loads((project / "results/compare/summary.json").read_text())
-    assert set(data["evaluation"]["downstream"]) == {"std", "glob", "trim", "spec", "spec_opt",
-                                                     "random"}
+    bodies = {"std", "glob", "trim", "spec", "spec_opt", "random"}
+    ds = data["evaluation"]["downstream"]["protocols"]
+    assert set(ds) == {"as_trained", "after_cpt", "frozen_probe"}
+    assert all(set(t) == bodies | {"majority", "bag_of_words"} for t in ds.values())
+    assert set(data["evaluation"]["zero_shot"]["protocols"]["probe"]["rows"]) == bodies
     plast = (project / "results/compare/plasticity.csv").read_text().splitlines()
     assert plast[0] == "step,variant,value"
     assert [r.split(",")[1] for r in plast[1::3]] == ["std", "glob", "trim", "spec", "spec_opt",

@@ -59,15 +59,39 @@ UNIGRAM = {"a": {"test_bpb": 5.0, "docs": {"loss": [50 * LN2] * 4, "bytes": BYTE
            "es": {"test_bpb": 6.0, "docs": {"loss": [60 * LN2] * 2, "bytes": BYTES["es"]}}}
 
 
-def _ev(a_bits, es_bits, curve, correct):
+TASK = {"labels": ["x", "y"], "train_langs": ["a"], "n_train": 8, "n_val": 4, "n_test": 6,
+        "test_langs": ["a", "a", "a", "a", "es", "es"]}
+CEILINGS = {"majority": {"label": "x", "accuracy": 0.5, "correct": [1, 0, 1, 0, 0, 0]},
+            "bag_of_words": {"alpha": 0.1, "accuracy": 0.75, "correct": [1, 1, 1, 0, 1, 0]}}
+
+
+def _ds(correct):
+    head = [c for c, lang in zip(correct, TASK["test_langs"]) if lang == "a"]
+    return {"correct": correct, "accuracy": sum(head) / len(head), "macro_f1": 0.5,
+            "accuracy_per_language": {}, "choice": {"lr": 0.001, "steps": 10}}
+
+
+def _ev(a_bits, es_bits, curve, correct, zs=None, probe_bits=None):
     sec = _sec({"a": a_bits}, BYTES, {"es": es_bits})
-    return {"as_trained": _sec({"a": a_bits}, BYTES), "continued": {"fresh": sec},
-            "unigram": UNIGRAM,
-            "plasticity": {"curves": {"es": [
-                {"step": st, "bpb": b, "docs": {"loss": [b * 10 * LN2] * 2, "bytes": [10, 10]}}
-                for st, b in curve]}},
-            "downstream": {"correct": correct, "macro_f1": 0.5, "majority_class_accuracy": 0.25,
-                           "accuracy_per_language": {}}}
+    out = {"as_trained": _sec({"a": a_bits}, BYTES), "continued": {"fresh": sec},
+           "unigram": UNIGRAM,
+           "plasticity": {"curves": {"es": [
+               {"step": st, "bpb": b, "docs": {"loss": [b * 10 * LN2] * 2, "bytes": [10, 10]}}
+               for st, b in curve]}},
+           "downstream": {"task": TASK, "ceilings": CEILINGS,
+                          "after_cpt": _ds(correct + [1, 0])}}
+    if zs is not None:
+        out["zero_shot"] = {"items": {"a": 4, "es": 2}, "choices": 4,
+                            "as_trained": {"correct": zs, "accuracy_per_source": {
+                                k: sum(v) / len(v) for k, v in zs.items() if v}}}
+    if probe_bits is not None:
+        out["probe"] = {**_sec({"a": probe_bits}, BYTES, {"es": es_bits}), "lr": 0.01,
+                        "val_bpb": {"0.003": 3.0, "0.01": 2.0, "0.03": 2.5},
+                        "at_grid_edge": False}
+        out["continued"]["fresh"]["curve"] = [
+            {"step": st, "val": _sec({"a": [b + probe_bits[0] for b in (0, 0, 0, 0)]},
+                                     BYTES)["in_distribution"]} for st, b in ((5, 0), (10, 0))]
+    return out
 
 
 def test_evaluation_intervals_verdicts_unigram_and_cpt_check():
@@ -101,8 +125,11 @@ def test_evaluation_intervals_verdicts_unigram_and_cpt_check():
     p = s["evaluation"]["plasticity"]
     assert p["spec"]["auc"]["value"] == pytest.approx(5.0)     # (8 + 2) / 2
     assert p["spec"]["verdict"] == "better" and p["std"]["verdict"] == "better"
-    d = s["evaluation"]["downstream"]
+    d = s["evaluation"]["downstream"]["protocols"]["after_cpt"]
     assert d["spec"]["accuracy"]["value"] == 0.75 and d["random"]["accuracy"]["value"] == 0.25
+    assert d["bag_of_words"]["accuracy"]["value"] == 0.75 and d["majority"]["n"] == 4
+    assert d["spec"]["vs_untrained"]["value"] == pytest.approx(0.5)
+    assert d["spec"]["heldout_accuracy"] == 0.5 and d["majority"]["heldout_accuracy"] == 0.0
     text = "\n".join(s["verdict"])
     assert text.startswith("These numbers hold for: llama d=8 × 1 layers; 2 rounds × 3 local")
     assert "spec +10.0 % [+10.0, +10.0] better" in text
@@ -132,3 +159,46 @@ def test_documents_must_be_the_same_for_every_variant():
     b["as_trained"]["in_distribution"]["a"]["docs"]["bytes"] = [10, 10, 10, 11]
     with pytest.raises(ValueError, match="spec .seed 0. was scored on other a test documents"):
         report.comparison(metrics, {"std": {0: a}, "spec": {0: b}}, n_boot=100)
+
+
+def test_body_level_tables_floors_ceilings_and_verdict_by_hand():
+    """The probe table, the CPT curve, downstream and zero-shot rows, on hand-built numbers:
+    means over what every row reads, paired differences, and the verdict's sentences."""
+    metrics = {v: {0: _m({"a": 2.0}, 10, {"a": 2})} for v in ("std", "spec")}
+    evals = {
+        "std": {0: _ev([40] * 4, [60, 60], [(0, 8.0), (10, 4.0)], [1, 0, 1, 0],
+                       zs={"a": [1, 0, 1, 0], "es": [1, 1]}, probe_bits=[38] * 4)},
+        "spec": {0: _ev([36] * 4, [54, 54], [(0, 8.0), (10, 2.0)], [1, 1, 1, 0],
+                        zs={"a": [1, 1, 1, 1], "es": None}, probe_bits=[36] * 4)},
+        "random": {0: _ev([40] * 4, [60, 60], [(0, 8.0), (10, 6.0)], [0, 0, 1, 0],
+                          zs={"a": [0, 0, 0, 0], "es": [0, 0]}, probe_bits=[40] * 4)},
+    }
+    s = report.comparison(metrics, evals, n_boot=300)
+    ev = s["evaluation"]
+    probe = ev["tables"]["probe"]
+    assert probe["std"]["id"]["mean"]["value"] == pytest.approx(3.8)
+    assert probe["spec"]["id"]["vs_untrained"]["value"] == pytest.approx(0.4)
+    assert probe["spec"]["id"]["vs_untrained"]["verdict"] == "better"
+    assert probe["spec"]["id"]["verdict"] == "better"                # vs STD
+    assert ev["probe_choices"]["spec"] == {"lr": [0.01], "grid": [0.003, 0.01, 0.03],
+                                           "at_grid_edge": False}
+    # zero-shot: spec reads no held-out source as trained -> every row on the 4 items of a
+    z = ev["zero_shot"]["protocols"]["as_trained"]
+    assert z["sources"] == ["a"] and z["rows"]["std"]["n"] == 4
+    assert z["rows"]["spec"]["accuracy"]["value"] == 1.0
+    assert z["rows"]["std"]["accuracy"]["value"] == 0.5
+    assert z["rows"]["spec"]["vs_untrained"] == {"value": 1.0, "low": 1.0, "high": 1.0,
+                                                "verdict": "better"}
+    assert z["rows"]["spec"]["vs_std"]["value"] == pytest.approx(0.5)
+    curve = ev["cpt_curve"]
+    assert curve["steps"] == [5, 10]
+    assert curve["variants"]["spec"][-1]["vs_untrained"]["value"] == pytest.approx(0.4)
+    text = "\n".join(s["verdict"])
+    assert "Frozen-body probe (test bits/byte in distribution; only a fresh embedding " \
+           "trains): 2 of 2 pre-trained bodies beat the untrained body" in text
+    assert "every chosen rate lies inside its grid" in text
+    assert "best body spec 0.750 = 100% of the bag-of-words ceiling 0.750" in text
+    md = report.markdown(s)
+    assert "| ceiling | bag of words (char n-grams) | 0.750 [" in md
+    assert "## Zero-shot minimal pairs" in md and "| chance | — | 0.250 |" in md
+    assert "## CPT (fresh global embedding, whole model)" in md

@@ -14,6 +14,7 @@ import yaml
 
 from dept_core import layout
 from dept_core import study as st
+from dept_core import study_report as sr
 from tests.conftest import cli_params, dept_cli, write_params
 
 STUDY = {"name": "smoke", "grid": {"train.rounds": [1, 2]}, "budget": ["train.rounds"],
@@ -25,8 +26,10 @@ def _project(root: Path) -> Path:
     raw = cli_params()
     raw["train"]["variants"] = ["spec", "std"]
     raw["evaluate"] = {"plasticity_steps": 4, "plasticity_eval_every": 2,
-                       "downstream": {"languages": ["en", "de", "ja", "es"], "steps": 4,
-                                      "max_len": 64}}
+                       "downstream": {"languages": ["en", "de", "ja", "es"], "steps": [2, 4],
+                                      "lrs": [0.001, 0.003], "max_len": 48},
+                       "probe": {"steps": 4, "lrs": [0.01, 0.03, 0.1], "batch_size": 4},
+                       "minimal_pairs": {"items_per_source": 10}}
     write_params(root, raw)
     (root / "study.yaml").write_text(yaml.safe_dump(STUDY), encoding="utf-8")
     return root
@@ -65,8 +68,15 @@ def test_the_report_has_every_variant_at_every_budget_with_intervals(uninterrupt
     assert s["cells"] == CELLS and len(s["settings"]) == 2 and s["tune_points"] == 2
     rows = s["rows"]
     assert {(r["setting"], r["variant"]) for r in rows} == {
-        (f"train.rounds={n}", v) for n in (1, 2) for v in ("std", "spec")}
+        (f"train.rounds={n}", v) for n in (1, 2) for v in ("std", "spec", "random")}
+    # the body-level protocols, each with its floor (the untrained body) and the ceiling
+    for r in rows:
+        assert {"probe_bpb", "downstream_as_trained", "downstream_after_cpt",
+                "downstream_frozen_probe", "zero_shot_as_trained", "zero_shot_probe",
+                "bag_of_words"} <= set(r), r["variant"]
+        assert ("probe_vs_untrained" in r) == (r["variant"] != "random")
     spec_rows = [r for r in rows if r["variant"] == "spec"]
+    rows = [r for r in rows if r["variant"] != "random"]
     for r in spec_rows:
         iv = r["as_trained_vs_std"]
         assert iv["low"] <= iv["value"] <= iv["high"]
@@ -74,9 +84,13 @@ def test_the_report_has_every_variant_at_every_budget_with_intervals(uninterrupt
     assert rows[0]["tokens_per_source"] * 2 == rows[-1]["tokens_per_source"]
     assert any(line.startswith("spec vs STD, as trained") for line in s["verdict"])
     out = layout.study_report(uninterrupted, "smoke")
-    for png in ("gap_as_trained", "gap_cpt_fresh", "plasticity", "downstream"):
+    for png in ("gap_as_trained", "gap_cpt_fresh", "plasticity", "gap_probe", "downstream",
+                "zero_shot"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000, png
-    assert "| train.rounds=1 |" in (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text()
+    assert "| train.rounds=1 |" in md and "## The bodies against the floor and the ceiling" in md
+    assert any(line.startswith("Bodies beating the untrained body, frozen-body probe")
+               for line in s["verdict"])
     lines = (out / "gap_as_trained.csv").read_text().splitlines()  # for `dvc plots`
     assert lines[0] == "tokens_per_source,variant,value" and len(lines) == 1 + 2
 
@@ -209,22 +223,22 @@ def _row(variant, group, tokens, gap):
     word = "better" if iv["low"] > 0 else "worse" if iv["high"] < 0 else "tied"
     return {"variant": variant, "group": group, "setting": f"{group} r={tokens}",
             "tokens_per_source": tokens, "chosen": {}, "as_trained_vs_std": iv,
-            "as_trained_verdict": word, "plasticity_auc": iv, "downstream_accuracy": iv}
+            "as_trained_verdict": word, "plasticity_auc": iv, "downstream_after_cpt": iv}
 
 
 def test_verdict_and_plots_keep_presets_apart(tmp_path):
     ml, md = "data.sources=multilingual(en,de)", "data.sources=multidomain(code,docs)"
     rows = [_row("spec", ml, 1e4, 8.0), _row("spec", ml, 8e4, 3.0),
             _row("spec", md, 1e4, -4.0), _row("spec", md, 8e4, 0.0)]
-    verdict = st.study_verdict(rows)
+    verdict = sr.study_verdict(rows)
     assert f"better at 10 k tokens/source, {ml} (+8.0 % [+7.0, +9.0])" in verdict[0]
     assert f"worse at 10 k tokens/source, {md}" in verdict[0]
     assert f"({ml}) the gap moves in STD's favour (+8.0 → +3.0 %)" in verdict[1]
     assert f"({md}) the gap moves in DEPT's favour (-4.0 → +0.0 %)" in verdict[1]
-    paths = st.plot(rows, tmp_path)
+    paths = sr.plot(rows, tmp_path)
     assert [p.name for p in paths] == ["gap_as_trained.png", "plasticity.png",
                                        "downstream.png"]
-    csv = st.gap_long_csv(rows).splitlines()
+    csv = sr.gap_long_csv(rows).splitlines()
     assert f'10000.0,"spec ({md})",-4.0000' in csv
 
 
