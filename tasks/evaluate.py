@@ -72,9 +72,13 @@ def evaluate_task(cfg: Config, variant: str, root: Path,
             log_pretraining(sink, json.loads(pretrained.read_text()))
             client.set_tag(run_id, "dept.pretrained", "1")
         result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
+        # wall times apart: metrics.json holds only what the same command reproduces exactly
+        seconds = result.pop("seconds", {})
         path = layout.evaluate_metrics(root, variant, cfg.train.seed)
         write_json(path, result)
-        sink.log_steps([(evaluation_metrics(result), 0)] + [
+        write_json(path.with_name("timings.json"), seconds)
+        sink.log_steps([({**evaluation_metrics(result),
+                          **{f"eval_seconds/{k}": v for k, v in seconds.items()}}, 0)] + [
             ({f"plasticity_bpb/{src}": point["bpb"]}, point["step"])
             for src, curve in result.get("plasticity", {}).get("curves", {}).items()
             for point in curve])

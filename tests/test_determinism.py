@@ -1,0 +1,24 @@
+"""The same command on the same machine gives bit-identical evaluation metrics (downstream
+included): `dept evaluate --variant std` twice, as a user runs it."""
+
+from __future__ import annotations
+
+import shutil
+
+from tests.conftest import dept_cli
+
+
+def test_dept_evaluate_twice_gives_an_identical_metrics_json(reference_run, tmp_path, cli_env):
+    root = tmp_path / "project"
+    shutil.copytree(reference_run, root, symlinks=True)
+    proc = dept_cli(["train", "--variant", "std"], root, cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = root / "results/evaluate/std/seed-0/metrics.json"
+    runs = []
+    for _ in range(2):
+        proc = dept_cli(["evaluate", "--variant", "std"], root, cli_env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(path.read_bytes())
+    assert runs[0] == runs[1]
+    assert b'"downstream"' in runs[0] and b'"probe"' in runs[0] and b'"zero_shot"' in runs[0]
+    assert (path.parent / "timings.json").is_file()   # wall times live apart
