@@ -253,6 +253,9 @@ class DownstreamConfig(Section):
                       description="JSON lines {text, label, split[, lang, id, group]}, relative "
                       "to the project root (corpus/...: the embedded task)")
     languages: list[str] | None = Field(None, description="keep rows of these langs (all)")
+    label_groups: dict[str, list[str]] = Field(
+        default_factory=dict, description="merge labels: new label -> the task's labels it "
+        "replaces (a task too fine for the bodies at this size)")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the train rows' "
                                 "groups (packages) held out to choose on")
     steps: list[int] = Field(default_factory=lambda: [100, 200], min_length=1,
@@ -272,6 +275,15 @@ class DownstreamConfig(Section):
     def _scalar_is_one_point(cls, value):
         return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) \
             else value
+
+    @field_validator("label_groups")
+    @classmethod
+    def _groups(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+        olds = [label for members in groups.values() for label in members]
+        if len(set(olds)) != len(olds) or any(not m for m in groups.values()):
+            raise ValueError(f"every label may be merged into one group only, and a group "
+                             f"needs labels: {groups}")
+        return groups
 
     @field_validator("steps")
     @classmethod

@@ -91,6 +91,18 @@ def load_task(path: Path, languages: list[str] | None = None) -> list[Example]:
     return rows
 
 
+def merge_labels(rows: list[Example], groups: dict[str, list[str]], path: Path
+                 ) -> list[Example]:
+    """Relabel rows by `evaluate.downstream.label_groups` (new label -> old labels)."""
+    present = {r.label for r in rows}
+    missing = sorted({old for olds in groups.values() for old in olds} - present)
+    if missing:
+        raise DataError(f"evaluate.downstream.label_groups: {', '.join(missing)} not a label "
+                        f"of {path} (labels: {', '.join(sorted(present))})")
+    new = {old: name for name, olds in groups.items() for old in olds}
+    return [replace(r, label=new.get(r.label, r.label)) for r in rows]
+
+
 def carve_validation(rows: list[Example], fraction: float, seed: int) -> list[Example]:
     """Move a seeded `fraction` of the train rows' groups to a `val` split. A group is wholly
     in train or in val, and never a group that has test rows (so validation and test never
@@ -122,7 +134,8 @@ def prepare_task(cfg: Config, path: Path) -> Task:
     """Read the task, carve the validation split, keep the training languages' rows for
     training and validation (all rows when no task language is a training source)."""
     dc = cfg.evaluate.downstream
-    rows = carve_validation(load_task(path, dc.languages), dc.val_fraction, cfg.seed)
+    rows = merge_labels(load_task(path, dc.languages), dc.label_groups, path)
+    rows = carve_validation(rows, dc.val_fraction, cfg.seed)
     langs = sorted({r.lang for r in rows})
     train_langs = [lang for lang in langs if lang in set(cfg.data.train_sources)] or langs
     train = [r for r in rows if r.split == "train" and r.lang in train_langs]
@@ -181,7 +194,10 @@ class Classifier(torch.nn.Module):
     (`AutoModelForSequenceClassification`'s choice for causal LMs). Measured on the demo: with
     last-token pooling a pre-trained body stayed at chance after 150 steps (accuracy 0.13,
     train loss ≈ ln 8) while mean pooling reached 0.32 — the last position of a causal LM is
-    specialised for next-token prediction.
+    specialised for next-token prediction. The pooled vector is normalised (a layer norm
+    without parameters) before the head: a pre-trained body's hidden states have a few
+    large dimensions, and the head learned faster on normalised ones (demo bodies after CPT,
+    300 steps: STD 0.32 → 0.34, TRIM 0.29 → 0.33 accuracy); every body gets the same head.
     """
 
     def __init__(self, lms: list, n_labels: int, seed: int):
@@ -200,7 +216,8 @@ class Classifier(torch.nn.Module):
         return (h * m).sum(1) / m.sum(1).clamp_min(1)
 
     def forward(self, route: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(route, ids, mask))
+        x = self.pooled(route, ids, mask)
+        return self.head(torch.nn.functional.layer_norm(x, x.shape[-1:]))
 
 
 @dataclass
@@ -266,38 +283,59 @@ def choose_point(val: dict[tuple[float, int], dict]) -> tuple[float, int]:
     return min(val, key=lambda k: (-val[k]["accuracy"], val[k]["loss"], k))
 
 
+class _Run:
+    """One rate's fine-tuning, advanced checkpoint by checkpoint (successive halving)."""
+
+    def __init__(self, cfg: Config, make: callable, lr: float, task: Task, train: Encoded,
+                 device):
+        dc, t = cfg.evaluate.downstream, cfg.train
+        self.lr, self.done, self.total = lr, 0, max(dc.steps)
+        self.clf = make().to(device).train()
+        # foreach: one multi-tensor update (on the CPU 40 % faster than per tensor)
+        self.opt = torch.optim.AdamW([p for p in self.clf.parameters() if p.requires_grad],
+                                     lr=lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
+                                     foreach=True)
+        self.batches = IndexBatches([r.lang for r in task.train], dc.batch_size, t.seed)
+        self.y = task.label_ids(task.train)
+        self.train, self.device, self.t = train, device, t
+
+    def loss(self, model, idx):
+        idx = idx.tolist()
+        logits = run_routed(model, self.train, idx, self.device)
+        return torch.nn.functional.cross_entropy(logits, self.y[idx].to(self.device)), 1
+
+    def advance(self, to: int) -> None:
+        t, warmup = self.t, max(1, self.total // 10)
+        local_train(self.clf, self.opt, self.batches, to - self.done, self.done,
+                    lambda i: lr_at(i, self.total, self.lr, warmup, t.min_lr_ratio),
+                    t.grad_clip, torch.device("cpu"), self.loss)
+        self.done = to
+
+
 def finetune_grid(cfg: Config, make: callable, task: Task, train: Encoded, val: Encoded,
                   device) -> tuple[Classifier, dict]:
-    """Fine-tune a classifier (`make()`) once per peak rate of `evaluate.downstream.lrs`,
-    scoring validation after each step count of `evaluate.downstream.steps` (checkpoints of
-    one run: warm-up over 10 % of the longest, then cosine decay over it); return the
-    classifier at the point chosen on validation and the grid's validation numbers."""
-    dc, t = cfg.evaluate.downstream, cfg.train
-    steps, total = sorted(dc.steps), max(dc.steps)
-    y_train, y_val = task.label_ids(task.train), task.label_ids(task.val)
-    warmup = max(1, total // 10)
+    """Fine-tune a classifier (`make()`) at every peak rate of `evaluate.downstream.lrs` and
+    score validation at every step count of `evaluate.downstream.steps` (checkpoints of one
+    run per rate: warm-up over 10 % of the longest, then cosine decay over it), by successive
+    halving (Jamieson & Talwalkar 2016): after each checkpoint but the last, only the better
+    half of the rates (by validation) trains on. The same rule for every body; the point
+    chosen is the best validated one. Returns the classifier at that point and the grid's
+    validation numbers."""
+    dc = cfg.evaluate.downstream
+    y_val = task.label_ids(task.val)
+    runs = [_Run(cfg, make, lr, task, train, device) for lr in dc.lrs]
     scores, best_state = {}, None
-    for lr in dc.lrs:
-        clf = make().to(device).train()
-        opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=lr,
-                                weight_decay=t.weight_decay, betas=tuple(t.betas))
-        batches = IndexBatches([r.lang for r in task.train], dc.batch_size, t.seed)
-
-        def loss_fn(model, idx):
-            idx = idx.tolist()
-            logits = run_routed(model, train, idx, device)
-            return torch.nn.functional.cross_entropy(logits, y_train[idx].to(device)), 1
-
-        done = 0
-        for s in steps:
-            local_train(clf, opt, batches, s - done, done,
-                        lambda i, lr=lr: lr_at(i, total, lr, warmup, t.min_lr_ratio),
-                        t.grad_clip, torch.device("cpu"), loss_fn)
-            done = s
-            pred, loss = predict(clf, val, y_val, device)
-            scores[(lr, s)] = {"accuracy": accuracy(pred, y_val.tolist()), "loss": loss}
-            if choose_point(scores) == (lr, s):
-                best_state = copy.deepcopy(clf.state_dict())
+    for i, s in enumerate(sorted(dc.steps)):
+        for run in runs:
+            run.advance(s)
+            pred, loss = predict(run.clf, val, y_val, device)
+            scores[(run.lr, s)] = {"accuracy": accuracy(pred, y_val.tolist()), "loss": loss}
+            if choose_point(scores) == (run.lr, s):
+                best_state = copy.deepcopy(run.clf.state_dict())
+        if i < len(dc.steps) - 1:  # the better half trains on
+            runs = sorted(runs, key=lambda r: (-scores[(r.lr, s)]["accuracy"],
+                                               scores[(r.lr, s)]["loss"], r.lr)
+                          )[: -(-len(runs) // 2)]
     chosen = choose_point(scores)
     clf = make().to(device)
     clf.load_state_dict(best_state)

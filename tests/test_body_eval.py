@@ -128,7 +128,9 @@ def test_finetune_grid_choice_ignores_test_labels_and_scores_recompute(tokenized
     assert all(torch.equal(before[k], v) for k, v in lm.state_dict().items())  # a copy
     a, b = runs
     assert a["choice"] == b["choice"]                 # the same point, the same val numbers
-    assert len(a["choice"]["val"]) == 4
+    # successive halving: both rates at 10 steps, the better one alone on to 20
+    assert [(v["lr"], v["steps"]) for v in a["choice"]["val"]][:2] == [(1e-3, 10), (3e-3, 10)]
+    assert len(a["choice"]["val"]) == 3
     assert a["correct"] != b["correct"]               # while the test numbers moved
     task = _tiny_task()
     assert a["accuracy"] == pytest.approx(sum(a["correct"]) / len(a["correct"]))
@@ -166,3 +168,16 @@ def test_frozen_probe_leaves_the_body_bit_identical_and_trains_the_embedding(
     best = min(info["val_bpb"].items(), key=lambda kv: (kv[1], float(kv[0])))
     assert float(best[0]) == info["lr"]
     assert info["at_grid_edge"] == (info["lr"] in (0.01, 0.1))
+
+
+def test_label_groups_merge_labels_and_name_a_missing_one(tmp_path):
+    from dept_core.errors import DataError
+
+    rows = ds.load_task("corpus/downstream/topic.jsonl.gz", ["en"])
+    merged = ds.merge_labels(rows, {"libraries": ["libs", "libdevel"]}, "task")
+    assert {r.label for r in merged} == ({r.label for r in rows} - {"libs", "libdevel"}) \
+        | {"libraries"}
+    assert sum(r.label == "libraries" for r in merged) == \
+        sum(r.label in ("libs", "libdevel") for r in rows)
+    with pytest.raises(DataError, match="libz not a label of task"):
+        ds.merge_labels(rows, {"x": ["libz"]}, "task")
