@@ -297,3 +297,56 @@ def _zero_shot_md(ev: dict) -> list[str]:
             f"tokenizer, so length cannot decide). A protocol's accuracy is over the items "
             f"every body in it reads.", ""]
     return out
+
+
+# --------------------------------------------------------------------------------- plot ----
+def plot_bodies(ev: dict, out_dir) -> list:
+    """bodies.png: each body's paired difference to the untrained body, per body-level
+    protocol (probe: bits/byte saved; downstream and zero-shot: accuracy gained), with 95 %
+    intervals — above zero, the body holds something an untrained one does not."""
+    from pathlib import Path
+
+    panels = []
+    probe = ev["tables"].get("probe", {})
+    if probe:
+        panels.append(("frozen-body probe\nbits/byte below the untrained body",
+                       {v: r["id"]["vs_untrained"] for v, r in probe.items()
+                        if r.get("id", {}).get("vs_untrained")}))
+    ds = ev.get("downstream", {}).get("protocols", {})
+    for proto, table in ((p, ds[p]) for p in DOWNSTREAM if p in ds):
+        panels.append((f"downstream, {DOWNSTREAM[proto]}\naccuracy above the untrained body",
+                       {v: r["vs_untrained"] for v, r in table.items() if "vs_untrained" in r}))
+    zs = ev.get("zero_shot", {}).get("protocols", {})
+    for proto, p in ((p, zs[p]) for p in ZERO_SHOT if p in zs):
+        panels.append((f"minimal pairs, {ZERO_SHOT[proto]}\naccuracy above the untrained body",
+                       {v: r["vs_untrained"] for v, r in p["rows"].items()
+                        if "vs_untrained" in r}))
+    panels = [(t, d) for t, d in panels if d]
+    if not panels:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    for ax, (title, data) in zip(axes.flat, panels):
+        names = report_order(set(data))
+        vals = [data[v]["value"] for v in names]
+        err = [[data[v]["value"] - data[v]["low"] for v in names],
+               [data[v]["high"] - data[v]["value"] for v in names]]
+        colours = ["tab:green" if data[v]["low"] > 0 else "tab:red" if data[v]["high"] < 0
+                   else "tab:grey" for v in names]
+        ax.bar(range(len(names)), vals, yerr=err, color=colours, capsize=3)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(out_dir) / "bodies.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]

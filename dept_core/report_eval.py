@@ -269,7 +269,8 @@ def plot_evaluation(summary: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ev, paths = summary["evaluation"], []
+    ev = summary["evaluation"]
+    paths = report_body.plot_bodies(ev, out_dir)
     tables = ev["tables"]
     if tables:
         fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 3.6),
