@@ -15,7 +15,7 @@ from __future__ import annotations
 from common import build_project, smoke_raw
 
 from dept_core import variants
-from dept_core.config import validate
+from dept_core.config_io import validate
 from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.model import numel
 from dept_core.run import train_variant

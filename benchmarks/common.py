@@ -13,7 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import yaml  # noqa: E402
 
-from dept_core.config import Config, validate  # noqa: E402
+from dept_core.config import Config  # noqa: E402
+from dept_core.config_io import validate  # noqa: E402
 
 
 def smoke_raw(**train) -> dict:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 INPROCESS = r"""
 import json, sys
 from pathlib import Path
-from dept_core.config import load_config
+from dept_core.config_io import load_config
 from dept_core.run import train_variant
 root, variant = Path(sys.argv[1]), sys.argv[2]
 cfg = load_config(root / "params.yaml")

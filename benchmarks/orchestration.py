@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 COMPUTE = r"""
 import sys, time
 from pathlib import Path
-from dept_core.config import load_config
+from dept_core.config_io import load_config
 from benchmarks.common import build_project
 from dept_core import layout, report
 from dept_core.run import run_key, train_variant, write_outputs

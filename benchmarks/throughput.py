@@ -22,7 +22,7 @@ from torch import nn  # noqa: E402
 
 from dept_core.batches import BatchSampler, EvalSet, derived_seed  # noqa: E402
 from dept_core.accel import tune_host_allocator  # noqa: E402
-from dept_core.config import validate  # noqa: E402
+from dept_core.config_io import validate  # noqa: E402
 from dept_core.model import build_model  # noqa: E402
 from dept_core.run import build_run  # noqa: E402
 from dept_core.sourcedata import SourceData  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import build_project  # noqa: F401  (sets sys.path)
 
-from dept_core.config import load_config  # noqa: E402
+from dept_core.config_io import load_config  # noqa: E402
 from dept_core.layout import PREPARED, TOKENIZERS  # noqa: E402
 from dept_core.run import train_variant  # noqa: E402
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from dept_core import faults
+from dept_core import diskspace, faults
 from dept_core.errors import DeptError
 
 
@@ -34,8 +34,9 @@ def _temp_beside(path: Path, make):
         path.parent.mkdir(parents=True, exist_ok=True)
         return make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
+        diskspace.raise_if_full(exc, path)
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
-                             errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT):
+                             errno.ENOTDIR):
             raise
         raise DeptError(f"cannot write {path}: {exc.strerror} "
                         f"({exc.filename or path.parent}); the output directory must be "
@@ -55,8 +56,9 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        diskspace.raise_if_full(exc, path)
         raise
 
 
@@ -84,6 +86,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(stray, ignore_errors=True)
     try:
         yield tmp
+        faults.no_space(path.name)
         faults.point(f"commit:{path.name}")
         old = path.parent / f".{path.name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -92,6 +95,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        diskspace.raise_if_full(exc, path)
         raise

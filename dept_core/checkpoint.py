@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from dept_core import faults
+from dept_core import diskspace, faults
 from dept_core.atomic import atomic_file, write_json
 from dept_core.errors import DeptError
 
@@ -26,10 +26,17 @@ def _stem(rnd: int) -> str:
 
 def save(ckpt_dir: Path, rnd: int, tensors: dict[str, Tensor], meta: dict, keep: int) -> None:
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        diskspace.raise_if_full(exc, ckpt_dir)
+        raise
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    # what this stage writes: `keep` checkpoints (+ one being written) and the exports
+    diskspace.expect((keep + 2) * sum(t.numel() * t.element_size() for t in flat.values()))
     with atomic_file(ckpt_dir / f"{_stem(rnd)}.safetensors", "wb") as fh:
         fh.write(safetensors_bytes(flat))
+        faults.no_space("checkpoint")
     faults.point("checkpoint-write")
     write_json(ckpt_dir / f"{_stem(rnd)}.json", meta)
     write_json(ckpt_dir / "latest.json", {"round": rnd})

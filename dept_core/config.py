@@ -412,7 +412,3 @@ class Config(Section):
                 )
         return self
 
-
-# reading a params file (YAML, overrides, validation): dept_core/config_io.py, re-exported here
-from dept_core.config_io import (apply_override, load_config,  # noqa: E402,F401
-                                 parse_override, read_yaml, validate)

@@ -1,20 +1,19 @@
 """Reading params files: YAML, `key=value` overrides and validation against the schema in
-`dept_core.config`, with errors that name the file, the key and the value. Re-exported by
-`dept_core.config` (`load_config` is the entry point the rest of the code uses)."""
+`dept_core.config`, with errors that name the file, the key and the value (`load_config` is
+the entry point the rest of the code uses). Imports go one way: this module imports the
+schema, the schema never imports this module."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from dept_core.config import Config
 from dept_core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from dept_core.config import Config
 
 
 def _format_errors(origin: str, err: ValidationError) -> str:
@@ -94,10 +93,6 @@ def load_config(path: Path | str = "params.yaml", overrides: list[str] | None = 
 
 
 def validate(raw: dict, origin: str = "params") -> Config:
-    # imported here, not at the top: dept_core.config re-exports this module's functions, so
-    # a top-level import would make `import dept_core.config_io` (before config) circular
-    from dept_core.config import Config
-
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

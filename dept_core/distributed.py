@@ -46,7 +46,8 @@ from torch import Tensor
 
 from dept_core import accel, layout, variants
 from dept_core.atomic import write_json
-from dept_core.config import Config, load_config
+from dept_core.config import Config
+from dept_core.config_io import load_config
 from dept_core.errors import ConfigError, DeptError
 from dept_core.outer import Exchange, finish_row_mean, masked_row_sums
 from dept_core.run import (RunResult, build_run, finish, global_vocab_size, round_line, run_key,

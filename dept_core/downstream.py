@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from dept_core import interrupt
 from dept_core.batches import EOS_ID, derived_seed
 from dept_core.config import Config
 from dept_core.errors import DataError
@@ -266,6 +267,7 @@ def predict(clf: Classifier, enc: Encoded, labels: torch.Tensor | None, device,
     clf.eval()
     preds, loss = [], 0.0
     for i in range(0, len(enc.seqs), batch):
+        interrupt.check()
         idx = list(range(i, min(i + batch, len(enc.seqs))))
         logits = run_routed(clf, enc, idx, device)
         preds.extend(logits.argmax(-1).tolist())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dept_core import REPO_ROOT, accel, layout
+from dept_core import REPO_ROOT, accel, interrupt, layout
 from dept_core import continued as cp
 from dept_core import tokenizers as tk
 from dept_core.config import Config
@@ -133,9 +133,12 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
         log(f"{variant}: {name} done in {now - clock:.1f} s")
         clock = now
 
+    interrupt.where(f"evaluate {variant}")
+
     if variant == REFERENCE:
         body, pre_bank = get_body(build_model(cfg.model, vocab, cfg.train.seed)), None
     else:
+        interrupt.detail("as trained")
         out["as_trained"] = evaluate_variant(models_dir, prepared, train_src, heldout,
                                              cfg.train.seq_len)
         lap("as_trained")
@@ -151,6 +154,7 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
             starts["pretrained"] = pre_bank
         out["continued"] = {}
         for name, bank in starts.items():
+            interrupt.detail(f"CPT ({name} embedding)")
             model, info = cp.continued_pretraining(cfg, body, bank, data, device,
                                                    curve=name == "fresh")
             out["continued"][name] = {**info, **_tested(model, tests, train_src, heldout,
@@ -160,6 +164,7 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
             lap(f"continued_{name}")
 
     if ev.probe.steps > 0:
+        interrupt.detail("frozen-body probe")
         model, info = probe.lm_probe(cfg, body, vocab, data, device)
         out["probe"] = {**info, **_tested(model, tests, train_src, heldout, device)}
         models["probe"] = model
@@ -167,6 +172,7 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
 
     unseen = ev.plasticity_sources if ev.plasticity_sources is not None else heldout
     if ev.plasticity_steps > 0 and unseen:
+        interrupt.detail("plasticity")
         pdata = cp.global_data(cfg, prepared, tok_root, unseen)
         out["plasticity"] = {"steps": ev.plasticity_steps,
                              "curves": {k: cp.plasticity(cfg, body, vocab, pdata[k], device)
@@ -176,6 +182,7 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
     untrained = cp.model_from(cfg, body, cp.fresh_bank(cfg, vocab), device) \
         if variant == REFERENCE else None
     if ev.downstream.enabled:
+        interrupt.detail("downstream")
         task = prepare_task(cfg, task_path(root, ev.downstream.path))
         out["downstream"] = body_protocols.downstream(
             cfg, task, untrained, models_dir, models, gsp, device,
@@ -183,6 +190,7 @@ def run_protocol(cfg: Config, variant: str, root: Path, device,
         lap("downstream")
 
     if ev.minimal_pairs.items_per_source > 0:
+        interrupt.detail("zero-shot minimal pairs")
         out["zero_shot"] = body_protocols.zero_shot(
             cfg, prepared, tok_root, untrained, models_dir, models, gsp, device)
         lap("zero_shot")

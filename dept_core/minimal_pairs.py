@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from dept_core import interrupt
 from dept_core import tokenizers as tk
 from dept_core.batches import EOS_ID, IGNORE, derived_seed
 from dept_core.model import token_nll
@@ -119,6 +120,7 @@ def log_likelihoods(model, sp, texts: list[str], device, batch: int = 32) -> lis
     was = model.training
     model.eval()
     for i in range(0, len(order), batch):
+        interrupt.check()
         idx = order[i:i + batch]
         width = max(len(seqs[j]) for j in idx)
         ids = torch.full((len(idx), width), IGNORE, dtype=torch.long)

@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
+from dept_core import interrupt
 from dept_core import tokenizers as tk
 from dept_core import variants
 from dept_core.accel import pick_device, tune_host_allocator
@@ -109,6 +110,7 @@ def train_loop(run: Run, rounds: int, ckpt_dir: Path | None, keep: int,
         sink.log(round_metrics(record, run.ledger.totals(upto=record["round"]), names),
                  step=record["round"])
     while run.done < rounds:
+        interrupt.detail(f"round {run.done + 1}/{rounds}")
         record = run.run_round()
         sink.log(round_metrics(record, run.ledger.totals(), names), step=record["round"])
         if on_round:
@@ -136,6 +138,7 @@ def train_variant(cfg: Config, variant: str, prepared: Path, tok_root: Path,
                   ckpt_dir: Path | None, sink: MetricsSink | None = None,
                   on_round: OnRound | None = None) -> tuple[RunResult, dict[str, SourceData]]:
     """Train (or resume, from `ckpt_dir`) one variant in this process."""
+    interrupt.where(f"pretrain {variant}")
     device = pick_device(cfg.train.device)
     tune_host_allocator(cfg)
     data = load_sources(variants.get(variant).tokenizer, cfg.data.train_sources, prepared,

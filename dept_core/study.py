@@ -37,7 +37,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dept_core.config import Config, load_config, read_yaml
+from dept_core.config import Config
+from dept_core.config_io import load_config, read_yaml
 from dept_core.errors import ConfigError
 
 

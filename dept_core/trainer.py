@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor
 
+from dept_core import interrupt
 from dept_core.config import TrainConfig
 from dept_core.metrics import bits_per_byte, perplexity
 from dept_core.batches import EvalSet
@@ -92,6 +93,7 @@ def local_train(model, opt, batches: BatchSource, steps: int, first_step: int,
     (`lr_at(first_step + i)`). The default loss is next-token cross-entropy."""
     loss_sum, tok_sum, start, step_losses = 0.0, 0, time.perf_counter(), []
     for i in range(steps):
+        interrupt.check()  # Ctrl-C / SIGTERM: stop before the next step
         lr = lr_at(first_step + i)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -124,6 +126,7 @@ def evaluate_set(model, ev: EvalSet, device: torch.device, batch: int = EVAL_BAT
     doc_loss = torch.zeros(ev.n_docs, dtype=torch.float64)
     doc_tokens = torch.zeros(ev.n_docs, dtype=torch.long)
     for i in range(0, len(ev.windows), batch):
+        interrupt.check()
         with autocast_for(device):
             nll = token_nll(model, ev.windows[i:i + batch].to(device))
         owner = ev.doc_of[i:i + batch]

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from dept_core.errors import DeptError
-from flows.common import (add_backend_args, add_config_args, add_seed_arg, add_variant_arg,
+from flows.common import (add_backend_args, add_config_args, add_no_wait_arg, add_seed_arg,
+                          add_variant_arg,
                           backend_overrides, run_stage)
 
 EPILOG = """\
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "through the pipeline; finished cells are skipped; report "
                                     "in results/study/<name>/.")
     sd.add_argument("--study", required=True, help="study file, e.g. configs/study-cpu.yaml")
+    add_no_wait_arg(sd)
     ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1",
                         description="Serve the project's MLflow store (mlflow.db) on 127.0.0.1.")
     ui.add_argument("--port", type=int, default=5000)
@@ -145,7 +147,12 @@ def _temporary_prefect_server(args: argparse.Namespace):
     if args.command == "serve" or os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
         return None
     try:
-        load(args.params, args.overrides)
+        if args.command == "study":
+            from dept_core.study import expand, load_study
+
+            expand(load_study(Path.cwd() / args.study), Path.cwd())
+        else:
+            load(args.params, args.overrides)
     except DeptError:
         return None  # run_stage reports it, before any server
     with socket.socket() as sock:
@@ -161,7 +168,10 @@ def _temporary_prefect_server(args: argparse.Namespace):
             pass
 
     cmd, env = ephemeral_server(port)
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    # a session of its own: the terminal's Ctrl-C reaches `dept`, which stops its work and
+    # then this server (atexit, below), not the server first
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     os.environ["PREFECT_API_URL"] = f"{url}/api"
     print(f"dept: temporary Prefect server on {url}", file=sys.stderr)
@@ -200,15 +210,14 @@ def _wait_healthy(health: str, proc) -> None:
     raise DeptError(f"the temporary Prefect server did not answer {health} in time")
 
 
-def _experiment_id(uri: str) -> str | None:
+def _experiment_id() -> str | None:
+    """The project's experiment (a new store is created here, under its first-use lock: the
+    server we start next would otherwise race a pipeline creating the same tables)."""
+    from tasks.tracking import client_and_experiment
+
     try:
-        from mlflow.tracking import MlflowClient
-
-        from tasks.tracking import EXPERIMENT
-
-        exp = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
-        return exp.experiment_id if exp else None
-    except Exception:  # no store yet, or an unreachable one: the server says why
+        return client_and_experiment(Path.cwd())[1]
+    except Exception:  # an unreachable store: the server says why
         return None
 
 
@@ -221,7 +230,7 @@ def _ui(port: int) -> None:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     base = f"http://127.0.0.1:{port}/"
     print(f"MLflow UI on {base}  (store: {redact(tracking_uri(Path.cwd()))})", flush=True)
-    exp = _experiment_id(tracking_uri(Path.cwd()))
+    exp = _experiment_id()
     if exp is not None:  # the runs table in the model-training view (not the GenAI overview)
         print(f"the runs: {base}#/experiments/{exp}/runs?workflowType=machine_learning",
               flush=True)
@@ -234,9 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "ui":
         return _ui(args.port)
     if args.command == "study":
+        wait_for_server = _temporary_prefect_server(args)
         from flows.study import main as study_main
 
-        code = study_main(["--study", args.study])
+        if wait_for_server is not None:
+            _wait_or_exit(wait_for_server)
+        code = study_main(["--study", args.study, *(["--no-wait"] if args.no_wait else [])])
         if code:
             raise SystemExit(code)
         return None
@@ -247,16 +259,20 @@ def main(argv: list[str] | None = None) -> None:
     wait_for_server = _temporary_prefect_server(args)
     call = _call(args)  # torch, transformers, ... import while the Prefect server boots
     if wait_for_server is not None:
-        try:
-            wait_for_server()
-        except DeptError as exc:
-            print(f"dept: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+        _wait_or_exit(wait_for_server)
     code = run_stage(args.command, args, call, check)
     if argv is None and code == 0 and args.command != "serve":  # a program's end, not a
         _exit_now(0)                                                # caller's; errors as ever
     if code:
         raise SystemExit(code)
+
+
+def _wait_or_exit(wait_for_server) -> None:
+    try:
+        wait_for_server()
+    except DeptError as exc:
+        print(f"dept: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _exit_now(code: int) -> None:

@@ -16,7 +16,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
-from dept_core.config import Config, load_config
+from dept_core.config import Config
+from dept_core.config_io import load_config
 
 
 def load(params: str | Path = "params.yaml", overrides: list[str] | None = None,
@@ -33,6 +34,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="parameters file (params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set train.rounds=4 (repeatable)")
+    add_no_wait_arg(p)
+
+
+def add_no_wait_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true",
+                   help="when another command is writing this project, stop at once instead "
+                        "of waiting for it (= DEPT_NO_WAIT=1)")
 
 
 def add_variant_arg(p: argparse.ArgumentParser, reference: bool = False) -> None:
@@ -77,9 +85,11 @@ class _NoTracebackForUserErrors(logging.Filter):
     """Bad input is reported in one line; Prefect's engine would add a traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from dept_core import interrupt
         from dept_core.errors import DeptError
 
-        if record.exc_info and isinstance(record.exc_info[1], DeptError):
+        if record.exc_info and (isinstance(record.exc_info[1], DeptError)
+                                or interrupt.is_interrupt(record.exc_info[1])):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -119,9 +129,15 @@ def run_stage(name: str, args: argparse.Namespace, call: Callable[[], object],
     """Validate the config (before a Prefect server is started), run `check(root)` (a stage
     that logs to MLflow passes `tasks.tracking.check_tracking_uri`: an unreachable server
     fails before any work), run `call`; bad input ends with one error line and status 2."""
+    from dept_core import diskspace, interrupt
     from dept_core.errors import DeptError
 
     start = time.monotonic()
+    if getattr(args, "no_wait", False):
+        os.environ["DEPT_NO_WAIT"] = "1"  # flows/lock.py: refuse a project in use
+    if name != "serve":  # (a deployment server stops on Ctrl-C as Prefect's runner does)
+        interrupt.install()  # Ctrl-C / SIGTERM stop at the next step (dept_core/interrupt.py)
+    interrupt.where(name)
     try:
         load(args.params, args.overrides)
         if check is not None:
@@ -131,14 +147,39 @@ def run_stage(name: str, args: argparse.Namespace, call: Callable[[], object],
             call()
     except DeptError as exc:
         _settle_prefect_events()
+        if isinstance(exc, diskspace.DiskFull):
+            print(f"dept: error: {exc}; {_save_traceback(name, exc)}", file=sys.stderr)
+            return 1
         print(f"dept: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("dept: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as exc:
+        if interrupt.is_interrupt(exc):  # Ctrl-C, SIGTERM (Prefect's TerminationSignal too)
+            _settle_prefect_events(timeout=2.0)
+            print(interrupt.message(), file=sys.stderr)
+            return interrupt.exit_code(exc)
+        if not diskspace.is_full(exc):  # a full disk that surfaced outside our writers
+            raise
+        _settle_prefect_events()
+        full = diskspace.DiskFull(getattr(exc, "filename", None) or Path.cwd())
+        print(f"dept: error: {full}; {_save_traceback(name, exc)}", file=sys.stderr)
+        return 1
     _settle_prefect_events()
     print(f"dept {name}: done in {time.monotonic() - start:.1f} s", file=sys.stderr)
     return 0
+
+
+def _save_traceback(stage: str, exc: BaseException) -> str:
+    """The full traceback in a log file outside the project (whose disk is full); the
+    phrase that names it."""
+    import tempfile
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"dept-{stage}-{os.getpid()}.log"
+    try:
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+        return f"traceback in {path}"
+    except OSError:
+        return "the traceback could not be saved either"
 
 
 def _settle_prefect_events(timeout: float = 5.0) -> None:

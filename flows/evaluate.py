@@ -17,12 +17,14 @@ from dept_core.errors import DataError
 from dept_core.variants import REFERENCE
 from flows.common import (add_seed_arg, add_variant_arg, backend_overrides, load, run_stage,
                           stage_parser)
+from flows.lock import holds_project
 from tasks.evaluate import evaluate_task
 from tasks.runs import execution_run
 from tasks.tracking import check_tracking_uri
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{variant}")
+@holds_project
 def evaluate_flow(variant: str, params: str = "params.yaml",
                   overrides: list[str] | None = None, root: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)

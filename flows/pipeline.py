@@ -19,6 +19,7 @@ from flows.common import load, run_stage, stage_parser
 from flows.compare import compare_flow, print_comparison
 from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
+from flows.lock import holds_project
 from tasks.compare import log_comparison
 from tasks.evaluate import evaluate_task
 from tasks.runs import execution_name, execution_tags, mlflow_run
@@ -27,6 +28,7 @@ from tasks.train import pretrain_task
 
 
 @flow(name="dept_pipeline")
+@holds_project
 def dept_pipeline(params: str = "params.yaml", overrides: list[str] | None = None,
                   root: str | None = None, parent_run_id: str | None = None,
                   data_ready: bool = False, run_name: str | None = None,

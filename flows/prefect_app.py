@@ -190,8 +190,8 @@ class SnapshotAfterStartup:
     """ASGI wrapper: once the app reports its lifespan startup complete (migrations and block
     types done, no request served yet), snapshot the new store to the template."""
 
-    def __init__(self, app: Any, store: Path, template: Path):
-        self.app, self.store, self.template = app, store, template
+    def __init__(self, app: Any, store: Path, template: Path, lock: Any = None):
+        self.app, self.store, self.template, self.lock = app, store, template, lock
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "lifespan":
@@ -203,6 +203,9 @@ class SnapshotAfterStartup:
                     snapshot_store(self.store, self.template)
                 except (OSError, sqlite3.Error):
                     pass  # no cache this time: the next new store is migrated as before
+            if message["type"].startswith("lifespan.startup") and self.lock is not None:
+                self.lock.release()  # the new store is migrated: other servers may open it
+                self.lock = None
             await send(message)
 
         await self.app(scope, receive, send_after_snapshot)
@@ -212,9 +215,18 @@ def create_app():
     """Prefect's app (`prefect.server.api.server:create_app`, configured by the same
     environment as the CLI's server and Prefect's ephemeral one), wrapped."""
     quieter_docket()
-    store = template = None
+    store = template = lock = None
     try:
         store, template = sqlite_store(), template_path()
+        if store is not None:
+            # two servers creating one new store would both migrate it: the one that creates
+            # it holds a file lock (filelock) until its migrations are done; a server that
+            # finds the store waits for that lock before opening it
+            from filelock import FileLock
+
+            store.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(store.with_name(f".{store.name}.lock"), thread_local=False)
+            lock.acquire()
         if store is not None and (store.exists() or seed_store(store, template)):
             store = None  # an existing store, or one seeded now: nothing to snapshot
     except (OSError, sqlite3.Error):
@@ -222,7 +234,11 @@ def create_app():
     from prefect.server.api.server import create_app as prefect_app
 
     app = RetryLockedRequests(prefect_app())
-    return SnapshotAfterStartup(app, store, template) if store is not None else app
+    if store is not None:
+        return SnapshotAfterStartup(app, store, template, lock)
+    if lock is not None:
+        lock.release()
+    return app
 
 
 def ephemeral_server(port: int, env: dict | None = None) -> tuple[list[str], dict]:

@@ -10,10 +10,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from dept_core import layout
 from flows.common import load, run_stage, stage_parser
+from flows.lock import holds_project
 from tasks.data import read_source_task, write_prepared_task
 
 
 @flow(name="prepare", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@holds_project
 def prepare_flow(params: str = "params.yaml", overrides: list[str] | None = None,
                  root: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)

@@ -18,12 +18,14 @@ from prefect import flow
 
 from flows.common import (add_backend_args, add_seed_arg, add_variant_arg, backend_overrides,
                           load, run_stage, stage_parser)
+from flows.lock import holds_project
 from tasks.train import pretrain_task
 from tasks.runs import execution_run
 from tasks.tracking import check_tracking_uri
 
 
 @flow(name="pretrain", flow_run_name="pretrain-{variant}")
+@holds_project
 def pretrain_flow(variant: str, params: str = "params.yaml",
                   overrides: list[str] | None = None, root: str | None = None,
                   backend: Literal["inprocess", "torchrun"] | None = None,

@@ -41,15 +41,19 @@ def run_warm(stage: str, args: list[str], path: str) -> int | None:
         body = json.dumps(request(stage, args)).encode()
         socket.send_fds(sock, [len(body).to_bytes(8, "big") + body],
                         [sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()])
-        reply = b""
-        try:
-            while not reply.endswith(b"\n"):
+        reply, interrupted = b"", False
+        while not reply.endswith(b"\n"):
+            try:
                 chunk = sock.recv(64)
-                if not chunk:
-                    return None if not reply else 1
-                reply += chunk
-        except KeyboardInterrupt:  # closing the connection stops the child
-            return 130
+            except KeyboardInterrupt:
+                if interrupted:  # a second Ctrl-C: closing the connection stops it at once
+                    return 130
+                interrupted = True  # the first: the stage stops at its next step, says where
+                sock.sendall(b"I")  # and ends with its own status (130), waited for here
+                continue
+            if not chunk:
+                return None if not reply else 1
+            reply += chunk
     answer = json.loads(reply)
     if answer.get("refused"):
         return None

@@ -29,14 +29,15 @@ from dept_core import study as st
 from dept_core import study_report as sr
 from dept_core.atomic import atomic_dir, write_json, write_text
 from dept_core.variants import REFERENCE
-from flows.common import run_stage
+from flows.common import add_no_wait_arg, run_stage
 from flows.pipeline import dept_pipeline
 from flows.prepare import prepare_flow
 from flows.tokenizers import tokenizers_flow
+from flows.lock import holds_project
 from tasks.compare import read_results
 from tasks.evaluate import evaluate_task
 from tasks.runs import study_run
-from tasks.tracking import check_tracking_uri, flatten, tracking_uri
+from tasks.tracking import check_tracking_uri, flatten, log_artifact, tracking_uri
 
 
 def _write_params(directory: Path, cell: st.Cell, root: Path) -> Path:
@@ -84,6 +85,7 @@ def _project_store(root: Path):
 
 
 @flow(name="dept_study")
+@holds_project
 def study_flow(study: str, root: str | None = None) -> dict:
     log = get_run_logger()
     root_path = Path(root) if root else Path.cwd()
@@ -115,8 +117,8 @@ def study_flow(study: str, root: str | None = None) -> dict:
         summary = build_report(root_path, spec, cells)
         out = layout.study_report(root_path, spec.name)
         for name in ("summary.md", "summary.json", "gap.csv", "gap_as_trained.csv"):
-            client.log_artifact(study_id, str(out / name), "study")
-        client.log_artifacts(study_id, str(out / "plots"), "study/plots")
+            log_artifact(client, study_id, str(out / name), "study")
+        log_artifact(client, study_id, str(out / "plots"), "study/plots")
         for r in summary["rows"]:
             if "as_trained_vs_std" in r:
                 client.log_metric(study_id, f"vs_std_pct/{r['variant']}/"
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m flows.study", description=__doc__.splitlines()[0])
     p.add_argument("--study", required=True, help="the study file (e.g. configs/study-cpu.yaml)")
+    add_no_wait_arg(p)
     args = p.parse_args(argv)
     try:  # the study file and every cell's config are checked before any work
         spec = st.load_study(Path.cwd() / args.study)

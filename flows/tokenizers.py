@@ -16,10 +16,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from dept_core import tokenizers as tk
 from dept_core import layout
 from flows.common import load, run_stage, stage_parser
+from flows.lock import holds_project
 from tasks.tokenizers import read_splits_task, train_tokenizer_task, write_tokenizers_task
 
 
 @flow(name="tokenizers", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@holds_project
 def tokenizers_flow(params: str = "params.yaml", overrides: list[str] | None = None,
                     root: str | None = None) -> dict:
     cfg, root_path = load(params, overrides, root)

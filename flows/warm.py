@@ -124,16 +124,21 @@ def _serve_one(conn: socket.socket, cwd: str, shared: dict, sources: dict) -> No
         _child(req, fds)
     for fd in fds:
         os.close(fd)
-    stopped_at = None
+    gone_at, watching = None, True
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
-        ready, _, _ = select.select([conn], [], [], 0.05)
-        if ready and stopped_at is None and not conn.recv(1):  # the requester went away
-            os.kill(pid, signal.SIGINT)
-            stopped_at = time.monotonic()
-        if stopped_at is not None and time.monotonic() - stopped_at > 30:
+        ready, _, _ = select.select([conn] if watching else [], [], [], 0.05)
+        if ready:
+            byte = conn.recv(1)
+            if byte:  # the requester was interrupted: so is the stage (which then says where)
+                os.kill(pid, signal.SIGINT)
+            else:     # the requester went away (interrupted twice, or killed): stop now
+                os.kill(pid, signal.SIGINT)
+                os.kill(pid, signal.SIGINT)
+                gone_at, watching = time.monotonic(), False
+        if gone_at is not None and time.monotonic() - gone_at > 30:
             os.kill(pid, signal.SIGKILL)
     code = os.waitstatus_to_exitcode(status)
     print(f"{' '.join([req['stage'], *req['args']])}: exit {code}", file=sys.stderr, flush=True)

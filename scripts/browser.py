@@ -3,7 +3,8 @@ the opt-in browser test (tests/test_ui_browser.py) both use it.
 
     python scripts/browser.py --project DIR [--out docs/]   # screenshots of a finished project
 
-Chromium is Debian's package (`make browser` installs it); nothing is downloaded at run time.
+Playwright for Python drives Debian's Chromium (`make browser` installs it) through
+`executable_path`; no browser is downloaded, at install or at run time.
 """
 
 from __future__ import annotations
@@ -169,35 +170,77 @@ def served_deployment(base: str, project: Path, name: str, cron: str, timeout: f
         proc.wait(timeout=30)
 
 
-def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+# Chromium as the probe of this machine starts it: headless, no sandbox (root), and none of
+# the background connections a closed network refuses
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--hide-scrollbars"]
+
+
+def launch_options() -> dict:
+    """Playwright's launch options for Debian's Chromium (`make browser`): Playwright drives
+    it through `executable_path`; no browser is downloaded."""
     exe = chromium()
     if exe is None:
         raise RuntimeError("no Chromium on this machine (`make browser` installs Debian's)")
-    return subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu",
-                           "--disable-dev-shm-usage", "--hide-scrollbars", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return {"executable_path": exe, "headless": True, "args": LAUNCH_ARGS}
+
+
+@contextmanager
+def new_page(size: tuple[int, int] = (1600, 1000)):
+    """A fresh browser page (its own profile: nothing carries over between pages)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(**launch_options())
+        try:
+            yield browser.new_page(viewport={"width": size[0], "height": size[1]})
+        finally:
+            browser.close()
+
+
+def _size(size: str | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, str):
+        w, h = size.split(",")
+        return int(w), int(h)
+    return size
+
+
+def _settle(page, wait_ms: int) -> None:
+    """Let a single-page app load and draw: network idle (bounded), then a short pause."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_load_state("networkidle", timeout=wait_ms)
+    except PlaywrightTimeout:
+        pass  # a page that polls never goes idle: it has drawn by now
+    page.wait_for_timeout(1500)
 
 
 def dom(url: str, wait_ms: int = 20000, size: str = "1600,1000") -> str:
-    """The page's DOM after its scripts ran (`wait_ms` of virtual time)."""
-    return _run([f"--window-size={size}", f"--virtual-time-budget={wait_ms}", "--dump-dom",
-                 url]).stdout
+    """The page's DOM after its scripts ran."""
+    with new_page(_size(size)) as page:
+        page.goto(url)
+        _settle(page, wait_ms)
+        return page.content()
 
 
 def screenshot(url: str, path: Path, wait_ms: int = 20000, size: str = "1600,1000") -> Path:
-    _run([f"--window-size={size}", f"--virtual-time-budget={wait_ms}",
-          f"--screenshot={path}", url])
-    if not path.is_file():
+    with new_page(_size(size)) as page:
+        page.goto(url)
+        _settle(page, wait_ms)
+        page.screenshot(path=str(path))
+    if not Path(path).is_file():
         raise RuntimeError(f"Chromium wrote no screenshot of {url}")
-    return path
+    return Path(path)
 
 
 EXPANDERS = 'button[data-component-id*="runnamecellrenderer"]'  # a parent run's (+) button
 CHARTS = '.js-plotly-plot'  # a drawn chart (MLflow draws its run charts with Plotly)
 CHART_MODE = 'input[name="runs-view-mode"][value="CHART"]'  # the runs page's chart-view switch
 # the headline metrics every variant's run has (tasks/tracking.py, tasks/evaluate.py)
-HEADLINE = ["final/val_bpb_mean", "test_bpb_id_mean", "cpt_fresh_bpb_id_mean",
-            "cpt_fresh_bpb_ood_mean", "plasticity_bpb_auc_mean", "downstream/accuracy",
+HEADLINE = ["final/val_bpb_mean", "test_bpb_id_mean", "probe_bpb_id_mean",
+            "cpt_fresh_bpb_id_mean", "plasticity_bpb_auc_mean", "downstream/accuracy",
             "final/comm_bytes_total", "final/embedding_mb_per_source"]
 
 
@@ -207,102 +250,45 @@ def expanded_runs(url: str, experiment: str, path: Path | None = None,
     """The MLflow runs table at `url` as a user who expanded it would see it: every parent
     run expanded (MLflow shows child runs collapsed under their parent), the `metrics` shown
     as columns (MLflow hides metric columns when a run has many), the assistant panel closed.
-    Headless Chromium driven over the DevTools protocol writes the UI's own local-storage
-    settings, reloads, and clicks any expander still closed. Returns the DOM; with `path`,
-    also a PNG screenshot; with `view`, the DOM and screenshot are of that URL (e.g. the
-    chart view) opened with the same settings."""
-    import base64
-    import tempfile
-
-    from websockets.sync.client import connect
-
-    exe = chromium()
-    if exe is None:
-        raise RuntimeError("no Chromium on this machine (`make browser` installs Debian's)")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="dept-chromium-") as profile:
-        proc = subprocess.Popen(
-            [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--hide-scrollbars", f"--window-size={size[0]},{size[1]}",
-             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            end = time.monotonic() + timeout
-            while True:
-                try:
-                    pages = json.load(urllib.request.urlopen(
-                        f"http://127.0.0.1:{port}/json/list", timeout=2))
-                    ws_url = next(p["webSocketDebuggerUrl"] for p in pages
-                                  if p["type"] == "page")
-                    break
-                except (OSError, StopIteration, ValueError):
-                    if time.monotonic() > end:
-                        raise TimeoutError("Chromium's DevTools endpoint did not answer")
-                    time.sleep(0.2)
-            with connect(ws_url, max_size=None) as ws:
-                ids = iter(range(1, 1 << 30))
-
-                def call(method: str, **params):
-                    i = next(ids)
-                    ws.send(json.dumps({"id": i, "method": method, "params": params}))
-                    while True:
-                        msg = json.loads(ws.recv(timeout=timeout))
-                        if msg.get("id") == i:
-                            return msg.get("result", {})
-
-                def js(expr: str):
-                    return call("Runtime.evaluate", expression=expr,
-                                returnByValue=True)["result"].get("value")
-
-                def wait_rows() -> None:
-                    while not js(f"document.querySelectorAll('{EXPANDERS}').length"):
-                        if time.monotonic() > end:
-                            raise TimeoutError(f"no parent run in the runs table at {url}")
-                        time.sleep(0.5)
-
-                call("Page.navigate", url=url)
-                wait_rows()
-                key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState'
-                cols = json.dumps([f"metrics.`{m}`" for m in metrics])
-                js(f"""(() => {{
-                    const k = {json.dumps(key)};
-                    const st = JSON.parse(localStorage.getItem(k) || "{{}}");
-                    st.selectedColumns = [...(st.selectedColumns || []).filter(
-                        c => c.includes("Dataset")), ...{cols}];
-                    localStorage.setItem(k, JSON.stringify(st));
-                    localStorage.setItem("MLflowLocalStorage-1.1-ExperimentView-{experiment}-expandRows", "true");
-                    localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
-                }})()""")
-                if view:  # (navigating within the app would write its state back first)
-                    call("Page.navigate", url=view)
-                call("Page.reload")
-                time.sleep(1.0)
-                wait_rows()
-                time.sleep(2.0)
-                if not view:  # any parent the setting left closed (it toggles on a click)
-                    js(f"""document.querySelectorAll('{EXPANDERS}').forEach(b => {{
-                        const row = b.closest('[role=row]');
-                        if (row && !row.nextElementSibling) b.click(); }})""")
-                else:  # the chart view: MLflow may restore the table mode it saved instead
-                    if not js(f"document.querySelectorAll('{CHARTS}').length"):
-                        js(f"document.querySelector('{CHART_MODE}')?.click()")
-                        time.sleep(2.0)
-                    wait_rows()  # its run list opens collapsed whatever the setting
-                    js(f"document.querySelectorAll('{EXPANDERS}').forEach(b => b.click())")
-                time.sleep(8.0 if view else 3.0)  # the children's rows (and charts) render
-                if view:  # a chart view that did not take (the table instead) is an error,
-                    while not js(f"document.querySelectorAll('{CHARTS}').length"):  # not a PNG
-                        if time.monotonic() > end:
-                            raise TimeoutError(f"no chart rendered in the chart view at {view}")
-                        time.sleep(0.5)
-                    time.sleep(2.0)  # the other cards finish drawing
-                if path is not None:
-                    shot = call("Page.captureScreenshot", format="png")
-                    Path(path).write_bytes(base64.b64decode(shot["data"]))
-                return js("document.documentElement.outerHTML")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    Playwright writes the UI's own local-storage settings, reloads, and clicks any expander
+    still closed. Returns the DOM; with `path`, also a PNG screenshot; with `view`, the DOM
+    and screenshot are of that URL (e.g. the chart view) opened with the same settings."""
+    key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState'
+    cols = [f"metrics.`{m}`" for m in metrics]
+    ms = int(timeout * 1000)
+    with new_page(size) as page:
+        page.set_default_timeout(ms)
+        page.goto(url)
+        page.wait_for_selector(EXPANDERS)
+        page.evaluate("""([k, cols, exp]) => {
+            const st = JSON.parse(localStorage.getItem(k) || "{}");
+            st.selectedColumns = [...(st.selectedColumns || []).filter(
+                c => c.includes("Dataset")), ...cols];
+            localStorage.setItem(k, JSON.stringify(st));
+            localStorage.setItem(`MLflowLocalStorage-1.1-ExperimentView-${exp}-expandRows`,
+                                 "true");
+            localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+        }""", [key, cols, experiment])
+        if view:  # (navigating within the app would write its state back first)
+            page.goto(view)
+        page.reload()
+        page.wait_for_selector(EXPANDERS)
+        page.wait_for_timeout(2000)
+        if not view:  # any parent the setting left closed (it toggles on a click)
+            page.evaluate(f"""() => document.querySelectorAll('{EXPANDERS}').forEach(b => {{
+                const row = b.closest('[role=row]');
+                if (row && !row.nextElementSibling) b.click(); }})""")
+            page.wait_for_timeout(3000)  # the children's rows render
+        else:  # the chart view: MLflow may restore the table mode it saved instead
+            if not page.locator(CHARTS).count():
+                page.locator(CHART_MODE).first.click(force=True)
+            page.wait_for_selector(EXPANDERS)  # its run list opens collapsed
+            page.evaluate(f"document.querySelectorAll('{EXPANDERS}').forEach(b => b.click())")
+            page.wait_for_selector(CHARTS)  # a chart view that did not take is an error
+            page.wait_for_timeout(4000)  # the other cards finish drawing
+        if path is not None:
+            page.screenshot(path=str(path))
+        return page.content()
 
 
 def experiment_id(project: Path) -> str:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from prefect import task
 
-from dept_core import layout, report
+from dept_core import faults, layout, report
 from dept_core.config import Config
 from dept_core.atomic import atomic_dir, write_json, write_text
 from dept_core.errors import DataError
 from dept_core.variants import REFERENCE
 from tasks.common import NO_CACHE
+from tasks.tracking import log_artifact
 
 FILES = ("summary.md", "summary.json", "curves.csv", "bpb_per_round.csv", "comm_per_round.csv",
          "plasticity.csv")
@@ -47,6 +48,7 @@ def compare_task(root: Path, cfg: Config) -> dict:
     out = layout.compare_dir(root)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "plots") as tmp:
+        faults.no_space("compare")
         report.plot(metrics, tmp)
         report.plot_evaluation(summary, tmp)
     write_text(out / "curves.csv", report.curves_csv(metrics))
@@ -62,5 +64,5 @@ def log_comparison(client, run_id: str, root: Path) -> None:
     """The comparison's files and plots as artefacts of an MLflow run."""
     out = layout.compare_dir(root)
     for name in FILES:
-        client.log_artifact(run_id, str(out / name), "compare")
-    client.log_artifacts(run_id, str(out / "plots"), "compare/plots")
+        log_artifact(client, run_id, str(out / name), "compare")
+    log_artifact(client, run_id, str(out / "plots"), "compare/plots")

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 
 from dept_core.config import Config
 from dept_core.data import Document, prepare_source, write_prepared
+from dept_core import diskspace
 from tasks.common import IO_RETRIES, NO_CACHE
 
 
@@ -22,4 +23,7 @@ def read_source_task(src, cfg: Config, root: Path) -> dict[str, list[Document]]:
 
 @task(name="write-prepared", **IO_RETRIES, **NO_CACHE)
 def write_prepared_task(prepared: dict, out_dir: Path, heldout: list[str]) -> dict:
+    # about the text itself (JSON lines add little): what this stage writes
+    diskspace.expect(sum(len(d.text.encode("utf-8")) + 64 for splits in prepared.values()
+                         for docs in splits.values() for d in docs))
     return write_prepared(prepared, out_dir, set(heldout))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from dept_core import layout
+from dept_core import diskspace, layout
 from dept_core.accel import pick_device
 from dept_core.atomic import write_json
 from dept_core.config import Config
@@ -16,7 +16,7 @@ from dept_core.metrics import area_under_curve
 from dept_core.variants import REFERENCE
 from tasks.common import NO_CACHE
 from tasks.runs import variant_run
-from tasks.tracking import MlflowSink, log_pretraining
+from tasks.tracking import MlflowSink, log_artifact, log_pretraining
 
 
 def evaluation_metrics(result: dict) -> dict[str, float]:
@@ -74,6 +74,7 @@ def evaluate_task(cfg: Config, variant: str, root: Path,
         result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
         # wall times apart: metrics.json holds only what the same command reproduces exactly
         seconds = result.pop("seconds", {})
+        diskspace.expect(2 * len(json.dumps(result)))  # metrics.json and its MLflow copy
         path = layout.evaluate_metrics(root, variant, cfg.train.seed)
         write_json(path, result)
         write_json(path.with_name("timings.json"), seconds)
@@ -82,7 +83,7 @@ def evaluate_task(cfg: Config, variant: str, root: Path,
             ({f"plasticity_bpb/{src}": point["bpb"]}, point["step"])
             for src, curve in result.get("plasticity", {}).get("curves", {}).items()
             for point in curve])
-        client.log_artifact(run_id, str(path), "evaluation")
+        log_artifact(client, run_id, str(path), "evaluation")
         client.set_tag(run_id, "dept.evaluated", "1")
     cpt = result.get("continued", {}).get("fresh", {})
     log.info("%s: test bits/byte as trained %s; after CPT (fresh embedding) in/out of "

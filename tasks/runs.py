@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 from dept_core.config import Config
-from tasks.tracking import (client_and_experiment, data_digest, ended, flatten, git_commit,
-                            log_dataset, log_params)
+from tasks.tracking import (client_and_experiment, data_digest, ended, flatten,
+                            forget_status, git_commit, log_dataset, log_params, pending_status)
 
 
 def _process_id() -> str:
@@ -70,7 +70,9 @@ def close_crashed_runs(client, exp_id: str, key: str, new_run_id: str) -> list[s
         if run.info.run_id == new_run_id or not _is_dead(run.data.tags.get("dept.process", "")):
             continue
         client.set_tag(run.info.run_id, "dept.continued_by", new_run_id)
-        client.set_terminated(run.info.run_id, "KILLED")
+        # FAILED when its own process knew (a full disk kept it from saying so), else KILLED
+        client.set_terminated(run.info.run_id, pending_status(run.info.run_id) or "KILLED")
+        forget_status(run.info.run_id)
         closed.append(run.info.run_id)
     return closed
 

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from dept_core import tokenizers as tk
 from dept_core.atomic import atomic_dir, write_json
 from dept_core.data import read_split
+from dept_core import diskspace
 from tasks.common import IO_RETRIES, NO_CACHE
 
 
@@ -29,6 +30,9 @@ def write_tokenizers_task(cfg, train_texts, val_texts, global_model: bytes,
                           spec_opt_models: dict[str, bytes], out_dir: Path,
                           stats_path: Path) -> dict:
     """Sub-vocabularies, HF exports and statistics, swapped into place atomically."""
+    # each model is written with its HF export (~3× its size), per source twice (V_k, own)
+    diskspace.expect(4 * (len(global_model) * (1 + len(spec_opt_models))
+                          + sum(len(m) for m in spec_opt_models.values())))
     with atomic_dir(out_dir) as tmp:
         stats = tk.assemble(cfg, train_texts, val_texts, global_model, spec_opt_models, tmp)
     write_json(stats_path, stats)

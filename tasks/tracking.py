@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from dept_core import faults
+from dept_core import diskspace, faults
 from dept_core.errors import DeptError
 from dept_core import layout
 
@@ -184,7 +185,28 @@ def _client(uri: str):
     return _CLIENTS[uri]
 
 
+def _store_lock(uri: str):
+    """A new SQLite store creates its tables on first use; two processes doing so at once
+    fail ("table ... already exists"). Its first use in a process holds a file lock beside
+    the database (filelock, as for the project lock)."""
+    from contextlib import nullcontext
+
+    from filelock import FileLock
+
+    parts = urlsplit(uri)
+    if parts.scheme != "sqlite" or uri in _CLIENTS:
+        return nullcontext()
+    db = Path(parts.path[1:])  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock", is_singleton=True, thread_local=False)
+
+
 def client_and_experiment(root: Path):
+    with _store_lock(tracking_uri(root)):
+        return _client_and_experiment(root)
+
+
+def _client_and_experiment(root: Path):
     client = _client(tracking_uri(root))
     try:
         exp = client.get_experiment_by_name(EXPERIMENT)
@@ -211,16 +233,94 @@ def log_params(client, run_id: str, params: dict[str, str]) -> None:
 
 @contextmanager
 def ended(client, run_id: str) -> Iterator[None]:
-    """The run ends FINISHED, or FAILED on any error (the error goes on)."""
+    """The run ends FINISHED, KILLED when interrupted (Ctrl-C, SIGTERM), FAILED on any other
+    error (the error goes on)."""
+    from dept_core import interrupt
+
     status = "FAILED"
     try:
         yield
         flush(run_id)
         status = "FINISHED"
+    except BaseException as exc:
+        if interrupt.is_interrupt(exc):
+            status = "KILLED"
+        raise
     finally:
-        if status == "FAILED":
+        if status != "FINISHED":
             _quiet_flush(run_id)
-        client.set_terminated(run_id, status)
+        try:
+            client.set_terminated(run_id, status)
+        except Exception:  # noqa: BLE001 (e.g. a full disk: the store cannot write)
+            if status == "FINISHED":
+                raise
+            remember_status(run_id, status)  # the next run of this project sets it
+
+
+def _pending_dir() -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "dept-pending-run-status"
+
+
+def remember_status(run_id: str, status: str) -> None:
+    """A run's end status the store could not take (its disk was full): kept outside the
+    project, set by the next run that opens this store (`apply_pending_status`)."""
+    try:
+        _pending_dir().mkdir(parents=True, exist_ok=True)
+        (_pending_dir() / run_id).write_text(status)
+    except OSError:
+        pass  # then the next run marks it KILLED, as for a process that vanished
+
+
+def pending_status(run_id: str) -> str | None:
+    try:
+        return (_pending_dir() / run_id).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def forget_status(run_id: str) -> None:
+    (_pending_dir() / run_id).unlink(missing_ok=True)
+
+
+def log_artifact(client, run_id: str, path: Path | str, artifact_path: str | None = None
+                 ) -> None:
+    """`log_artifact` / `log_artifacts` (a directory) with a full disk reported as
+    `DiskFull` naming the copy, and a partial copy in a local artefact store removed."""
+    path = Path(path)
+    try:
+        faults.no_space("mlflow-artifact")
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path)
+    except Exception as exc:  # noqa: BLE001
+        if not diskspace.is_full(exc):
+            raise
+        dest = _local_artifact(client, run_id, artifact_path, path)
+        if dest is not None:
+            shutil.rmtree(dest, ignore_errors=True) if dest.is_dir() else \
+                dest.unlink(missing_ok=True)
+        raise diskspace.DiskFull(dest or path) from exc
+
+
+def _local_artifact(client, run_id: str, artifact_path: str | None, path: Path
+                    ) -> Path | None:
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    try:
+        uri = client.get_run(run_id).info.artifact_uri
+    except Exception:  # noqa: BLE001
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme not in ("", "file"):
+        return None
+    if path.is_dir() and not artifact_path:
+        return None  # the whole artefact root: not ours to remove
+    base = Path(url2pathname(parts.path)) / (artifact_path or "")
+    return base if path.is_dir() else base / path.name
 
 
 def _quiet_flush(run_id: str) -> None:

@@ -18,9 +18,10 @@ from dept_core.config import Config
 from dept_core.errors import DeptError
 from dept_core.run import round_line, run_key, train_variant, write_outputs
 from dept_core.trainer import MetricsSink
+from dept_core import interrupt
 from tasks.common import NO_CACHE
 from tasks.runs import variant_run
-from tasks.tracking import MlflowSink, pretraining_summary
+from tasks.tracking import MlflowSink, log_artifact, pretraining_summary
 
 
 @task(name="pretrain", task_run_name="pretrain-{variant}", **NO_CACHE)
@@ -38,9 +39,9 @@ def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | No
             metrics = _pretrain_torchrun(cfg, variant, root, sink, torchrun_args)
         else:  # a centralised run (STD) always runs in-process
             metrics = _pretrain(cfg, variant, root, sink)
-        client.log_artifact(run_id, str(layout.pretrain_metrics(root, variant, cfg.train.seed)))
-        client.log_artifact(run_id, str(layout.tokenizer_stats(root)))
-        client.log_artifacts(run_id, str(layout.models_dir(root, variant, cfg.train.seed)), "models")
+        log_artifact(client, run_id, layout.pretrain_metrics(root, variant, cfg.train.seed))
+        log_artifact(client, run_id, layout.tokenizer_stats(root))
+        log_artifact(client, run_id, layout.models_dir(root, variant, cfg.train.seed), "models")
         sink.log(pretraining_summary(metrics), step=cfg.train.rounds)
         client.set_tag(run_id, "dept.pretrained", "1")
     return metrics
@@ -101,6 +102,7 @@ def _pretrain_torchrun(cfg: Config, variant: str, root: Path, sink: MetricsSink,
                 if line.startswith("round ") or "error" in line.lower():
                     log.info("%s %s", variant, line)
         if proc.returncode:
+            interrupt.check()  # the terminal's Ctrl-C stopped the ranks too: say so
             user = [t for t in tail if t.startswith("dept: error: ")]
             if user:
                 raise DeptError(user[-1].removeprefix("dept: error: "))

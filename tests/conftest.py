@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from dept_core.config import validate  # noqa: E402
+from dept_core.config_io import validate  # noqa: E402
 
 TINY = {
     "seed": 0,
@@ -137,7 +137,8 @@ def cli_env(prefect_server) -> dict:
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO),
            "HF_HUB_OFFLINE": "1"}
-    for key in ("DEPT_FAULT_KILL_AT", "MLFLOW_TRACKING_URI"):
+    for key in ("DEPT_FAULT_KILL_AT", "DEPT_FAULT_SIGNAL_AT", "DEPT_FAULT_ENOSPC_AT",
+                "DEPT_NO_WAIT", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     return env
 

@@ -9,7 +9,7 @@ import torch
 
 from dept_core import layout, std
 from dept_core.batches import derived_seed
-from dept_core.config import validate
+from dept_core.config_io import validate
 from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.model import build_model, get_body, init_bank
 from dept_core.run import train_variant, write_outputs

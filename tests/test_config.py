@@ -1,8 +1,10 @@
 """params.yaml is strict: every bad key or value is an error that names it."""
 
+from pathlib import Path
+
 import pytest
 
-from dept_core.config import load_config, validate
+from dept_core.config_io import load_config, validate
 from dept_core.errors import ConfigError
 from tests.conftest import write_params
 
@@ -88,16 +90,18 @@ def test_overrides_are_typed_and_checked(tmp_path, tiny_raw):
         load_config(path, ["prepare.min_doc_chars"])
 
 
-@pytest.mark.parametrize("first", ["dept_core.config_io", "dept_core.config"])
-def test_either_config_module_can_be_imported_first(first):
-    """dept_core.config re-exports the readers of dept_core.config_io: neither import order may
-    hit a partially initialised module (a fresh interpreter per order)."""
+def test_config_imports_go_one_way():
+    """dept_core.config_io imports the schema (dept_core.config); the schema never imports
+    the reader: in a fresh interpreter, importing config loads no config_io, and either
+    module imported first works."""
     import subprocess
     import sys
 
-    code = (f"import {first}; from dept_core.config import load_config; "
-            f"from dept_core.config_io import load_config as l2; assert load_config is l2; "
-            f"print(load_config('params.yaml').train.rounds)")
+    code = ("import sys, dept_core.config; assert 'dept_core.config_io' not in sys.modules; "
+            "from dept_core.config_io import load_config; "
+            "print(load_config('params.yaml').train.rounds)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) > 0
+    src = (Path(__file__).resolve().parent.parent / "dept_core/config.py").read_text()
+    assert "config_io" not in src.replace("dept_core/config_io.py", "")

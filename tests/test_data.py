@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dept_core.config import validate
+from dept_core.config_io import validate
 from dept_core.data import (clean_documents, normalise, prepare, read_split, split_documents,
                             write_prepared)
 from dept_core.errors import DataError

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from dept_core import accel
-from dept_core.config import validate
+from dept_core.config_io import validate
 from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.run import train_variant
 
@@ -303,7 +303,7 @@ def test_inductor_compiled_blocks_match_eager(tiny_cfg):
 # ------------------------------------------------------------ presets and orchestration ----
 @pytest.mark.parametrize("size", ["125m", "350m", "1.3b"])
 def test_paper_presets_are_valid_torchrun_gpu_configs(size):
-    from dept_core.config import load_config
+    from dept_core.config_io import load_config
 
     cfg = load_config(REPO / "configs" / f"paper-{size}.yaml")
     assert cfg.model.size == f"paper-{size}" and cfg.train.backend == "torchrun"

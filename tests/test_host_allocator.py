@@ -22,7 +22,7 @@ CHURN = r"""
 import json, resource, sys
 import torch
 from dept_core.accel import tune_host_allocator
-from dept_core.config import validate
+from dept_core.config_io import validate
 cfg = validate(json.loads(sys.argv[1]))
 tuned = tune_host_allocator(cfg)
 again = tune_host_allocator(cfg)  # once per process: the same answer

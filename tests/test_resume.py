@@ -10,7 +10,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from dept_core.config import validate
+from dept_core.config_io import validate
 from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.run import train_variant
 
@@ -18,7 +18,7 @@ RUNNER = """
 import json, sys
 from pathlib import Path
 from safetensors.torch import save_file
-from dept_core.config import validate
+from dept_core.config_io import validate
 from dept_core.run import train_variant
 root, variant, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 cfg = validate(json.loads(Path(sys.argv[4]).read_text()))

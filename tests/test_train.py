@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from dept_core.config import validate
+from dept_core.config_io import validate
 from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.rounds import NonFiniteUpdate
 from dept_core.run import export_all, train_variant

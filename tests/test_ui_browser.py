@@ -1,5 +1,6 @@
-"""The UIs in a real browser (headless Chromium): opt-in — `make browser-test` installs
-Debian's chromium; without a browser these tests are skipped with a message saying so.
+"""The UIs in a real browser: Playwright (pytest-playwright's `page` fixture, and
+scripts/browser.py) driving Debian's headless Chromium. Opt-in — `make browser-test` installs
+Debian's chromium; without it these tests are skipped with a message saying so.
 
 MLflow: `dept ui` on a project after an uninterrupted `dept run` (conftest `reference_run`);
 the runs table in the model-training view lists every variant's pre-training and evaluation.
@@ -8,7 +9,6 @@ Prefect: a server over a Prefect home in which `dept prepare` ran; its flow-runs
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -26,7 +26,21 @@ pytestmark = pytest.mark.skipif(
            "and runs these tests")
 
 
-def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(reference_run):
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's browser: Debian's Chromium, started as scripts/browser.py starts it
+    (no browser download)."""
+    return {**browser_type_launch_args, **browser.launch_options()}
+
+
+def _content(page, url: str, size=(1600, 1000)) -> str:
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    page.goto(url)
+    browser._settle(page, 20000)
+    return page.content()
+
+
+def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(reference_run, page):
     from tests.conftest import CLI_VARIANTS
 
     exp = browser.experiment_id(reference_run)
@@ -35,8 +49,8 @@ def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(referen
     with browser.mlflow_ui(reference_run) as base:
         table = browser.expanded_runs(base + browser.RUNS_VIEW.format(id=exp), exp,
                                       metrics=browser.HEADLINE, size=(2000, 900))
-        compare = browser.dom(base + browser.compare_view(list(variants.values()), exp),
-                              size="1600,2400")
+        compare = _content(page, base + browser.compare_view(list(variants.values()), exp),
+                           (1600, 2400))
     # the runs table in the model-training view: the execution's parent run, expanded into
     # one row per variant, each with its headline metrics (pre-training and evaluation)
     assert "Model training" in table and ">pipeline " in table
@@ -47,16 +61,18 @@ def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(referen
                            table)
         values = [v for v in (re.sub(r"<[^>]+>", "", c).strip() for c in cells)
                   if re.fullmatch(r"[-+]?[0-9][0-9.]*(e[-+]?[0-9]+)?", v)]
-        want = len(CLI_VARIANTS) + (metric.startswith(("cpt_", "plasticity", "downstream")))
+        want = len(CLI_VARIANTS) + (metric.startswith(("cpt_", "probe", "plasticity",
+                                                       "downstream")))
         assert len(values) >= want, (metric, values)
     # the compare view: one column per run, pre-training and evaluation metrics in each
     for name in variants:
         assert f">{name}<" in compare, name
-    for metric in ("comm/cumulative_bytes", "cpt_fresh_bpb_id_mean", "cpt_fresh_bpb_ood_mean"):
+    for metric in ("comm/cumulative_bytes", "cpt_fresh_bpb_id_mean", "probe_bpb_id_mean",
+                   "zero_shot/as_trained/accuracy"):
         assert metric in compare, metric
 
 
-def test_prefect_flow_runs_page_lists_the_stage_that_ran(tmp_path, cli_env):
+def test_prefect_flow_runs_page_lists_the_stage_that_ran(tmp_path, cli_env, page):
     from tests.conftest import cli_params, write_params
 
     home = tmp_path / "prefect-home"
@@ -68,12 +84,12 @@ def test_prefect_flow_runs_page_lists_the_stage_that_ran(tmp_path, cli_env):
         proc = subprocess.run([sys.executable, "-m", "flows.cli", "prepare"], cwd=root,
                               env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        page = browser.dom(base + "runs", size="1600,1400")
-    assert "Flow runs" in page
-    assert "prepare" in page and "Completed" in page
+        html = _content(page, base + "runs", (1600, 1400))
+    assert "Flow runs" in html
+    assert "prepare" in html and "Completed" in html
 
 
-def test_prefect_shows_the_scheduled_deployment_with_its_next_runs(tmp_path, cli_env):
+def test_prefect_shows_the_scheduled_deployment_with_its_next_runs(tmp_path, cli_env, page):
     """`dept serve` registers the nightly deployment; its page lists the next scheduled runs
     (the server's scheduler creates them from the cron schedule)."""
     from datetime import datetime
@@ -87,8 +103,8 @@ def test_prefect_shows_the_scheduled_deployment_with_its_next_runs(tmp_path, cli
     env = {**cli_env, "PREFECT_HOME": str(home)}
     with browser.prefect_ui(home) as base, \
             browser.served_deployment(base, root, "nightly", "0 3 * * *", env=env) as (dep, starts):
-        page = browser.dom(base + f"deployments/deployment/{dep}", size="1600,1100")
+        html = _content(page, base + f"deployments/deployment/{dep}", (1600, 1100))
     times = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in starts]
     assert times == sorted(times) and all((t.hour, t.minute) == (3, 0) for t in times)
-    assert "nightly" in page
-    assert "Scheduled" in page  # the upcoming runs, as the deployment page lists them
+    assert "nightly" in html
+    assert "Scheduled" in html  # the upcoming runs, as the deployment page lists them

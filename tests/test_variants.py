@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dept_core import variants
-from dept_core.config import validate
+from dept_core.config_io import validate
 from dept_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
