@@ -28,6 +28,11 @@ def expect(n_bytes: int | None) -> None:
     _expected = n_bytes
 
 
+def expect_at_least(n_bytes: int) -> None:
+    """Raise the estimate to `n_bytes` if it is lower (or unset)."""
+    expect(max(n_bytes, _expected or 0))
+
+
 def human(n: float | None) -> str:
     if n is None:
         return "an unknown amount"

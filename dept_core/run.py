@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from dept_core import interrupt
+from dept_core import diskspace, interrupt
 from dept_core import tokenizers as tk
 from dept_core import variants
 from dept_core.accel import pick_device, tune_host_allocator
@@ -218,7 +218,9 @@ def export_all(cfg: Config, result: RunResult, tok_root: Path, out_dir: Path) ->
 def write_outputs(cfg: Config, result: RunResult, tok_root: Path, out_dir: Path,
                   export: bool = True) -> None:
     """A run's outputs: `<out_dir>/models/` (swapped in atomically) and `metrics.json`."""
-    if export:
+    if export:  # one model per source (+ the global one), and MLflow's copy of them
+        banks = [*result.banks.values(), *([result.global_bank] if result.global_bank else [])]
+        diskspace.expect_at_least(2 * sum(nbytes(result.body) + nbytes(b) for b in banks))
         with atomic_dir(Path(out_dir) / "models") as tmp:
             export_all(cfg, result, tok_root, tmp)
     write_json(Path(out_dir) / "metrics.json", result.metrics)
