@@ -101,6 +101,7 @@ def holds_project(fn):
     directory): the flow body runs holding that project's lock."""
     import functools
     import inspect
+    import typing
 
     sig = inspect.signature(fn)
 
@@ -111,4 +112,13 @@ def holds_project(fn):
         with project_lock(bound.arguments.get("root") or Path.cwd()):
             return fn(*args, **kwargs)
 
+    # Prefect builds its parameter model from the wrapper; string annotations (PEP 563) would
+    # be resolved in this module's namespace, where e.g. `Literal` is not imported, so hand it
+    # the annotations already resolved in the flow's own module.
+    hints = typing.get_type_hints(fn)
+    wrapper.__annotations__ = hints
+    wrapper.__signature__ = sig.replace(
+        parameters=[p.replace(annotation=hints.get(p.name, p.annotation))
+                    for p in sig.parameters.values()],
+        return_annotation=hints.get("return", sig.return_annotation))
     return wrapper

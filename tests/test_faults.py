@@ -69,7 +69,8 @@ def _outputs(root: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for top in ("data/prepared", "data/tokenizers", "results/pretrain", "results/evaluate"):
         for p in sorted((root / top).rglob("*")):
-            if not p.is_file() or p.name == "timings.json":   # wall times differ by design
+            # wall times differ by design; .gitignore files are written by DVC for its outputs
+            if not p.is_file() or p.name in ("timings.json", ".gitignore"):
                 continue
             key = str(p.relative_to(root))
             out[key] = _strip(json.loads(p.read_text())) if p.suffix == ".json" \
