@@ -246,49 +246,54 @@ HEADLINE = ["final/val_bpb_mean", "test_bpb_id_mean", "probe_bpb_id_mean",
 
 def expanded_runs(url: str, experiment: str, path: Path | None = None,
                   metrics: list[str] = (), size: tuple[int, int] = (1600, 1000),
-                  timeout: float = 90, view: str | None = None) -> str:
+                  timeout: float = 90, view: str | None = None, page=None) -> str:
     """The MLflow runs table at `url` as a user who expanded it would see it: every parent
     run expanded (MLflow shows child runs collapsed under their parent), the `metrics` shown
     as columns (MLflow hides metric columns when a run has many), the assistant panel closed.
     Playwright writes the UI's own local-storage settings, reloads, and clicks any expander
     still closed. Returns the DOM; with `path`, also a PNG screenshot; with `view`, the DOM
-    and screenshot are of that URL (e.g. the chart view) opened with the same settings."""
+    and screenshot are of that URL (e.g. the chart view) opened with the same settings.
+    `page`: a Playwright page to drive (e.g. pytest-playwright's; one sync Playwright per
+    thread), else a new one in Debian's Chromium."""
+    if page is None:
+        with new_page(size) as own:
+            return expanded_runs(url, experiment, path, metrics, size, timeout, view, own)
+    page.set_viewport_size({"width": size[0], "height": size[1]})
     key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState'
     cols = [f"metrics.`{m}`" for m in metrics]
     ms = int(timeout * 1000)
-    with new_page(size) as page:
-        page.set_default_timeout(ms)
-        page.goto(url)
-        page.wait_for_selector(EXPANDERS)
-        page.evaluate("""([k, cols, exp]) => {
-            const st = JSON.parse(localStorage.getItem(k) || "{}");
-            st.selectedColumns = [...(st.selectedColumns || []).filter(
-                c => c.includes("Dataset")), ...cols];
-            localStorage.setItem(k, JSON.stringify(st));
-            localStorage.setItem(`MLflowLocalStorage-1.1-ExperimentView-${exp}-expandRows`,
-                                 "true");
-            localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
-        }""", [key, cols, experiment])
-        if view:  # (navigating within the app would write its state back first)
-            page.goto(view)
-        page.reload()
-        page.wait_for_selector(EXPANDERS)
-        page.wait_for_timeout(2000)
-        if not view:  # any parent the setting left closed (it toggles on a click)
-            page.evaluate(f"""() => document.querySelectorAll('{EXPANDERS}').forEach(b => {{
-                const row = b.closest('[role=row]');
-                if (row && !row.nextElementSibling) b.click(); }})""")
-            page.wait_for_timeout(3000)  # the children's rows render
-        else:  # the chart view: MLflow may restore the table mode it saved instead
-            if not page.locator(CHARTS).count():
-                page.locator(CHART_MODE).first.click(force=True)
-            page.wait_for_selector(EXPANDERS)  # its run list opens collapsed
-            page.evaluate(f"document.querySelectorAll('{EXPANDERS}').forEach(b => b.click())")
-            page.wait_for_selector(CHARTS)  # a chart view that did not take is an error
-            page.wait_for_timeout(4000)  # the other cards finish drawing
-        if path is not None:
-            page.screenshot(path=str(path))
-        return page.content()
+    page.set_default_timeout(ms)
+    page.goto(url)
+    page.wait_for_selector(EXPANDERS)
+    page.evaluate("""([k, cols, exp]) => {
+        const st = JSON.parse(localStorage.getItem(k) || "{}");
+        st.selectedColumns = [...(st.selectedColumns || []).filter(
+            c => c.includes("Dataset")), ...cols];
+        localStorage.setItem(k, JSON.stringify(st));
+        localStorage.setItem(`MLflowLocalStorage-1.1-ExperimentView-${exp}-expandRows`,
+                             "true");
+        localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+    }""", [key, cols, experiment])
+    if view:  # (navigating within the app would write its state back first)
+        page.goto(view)
+    page.reload()
+    page.wait_for_selector(EXPANDERS)
+    page.wait_for_timeout(2000)
+    if not view:  # any parent the setting left closed (it toggles on a click)
+        page.evaluate(f"""() => document.querySelectorAll('{EXPANDERS}').forEach(b => {{
+            const row = b.closest('[role=row]');
+            if (row && !row.nextElementSibling) b.click(); }})""")
+        page.wait_for_timeout(3000)  # the children's rows render
+    else:  # the chart view: MLflow may restore the table mode it saved instead
+        if not page.locator(CHARTS).count():
+            page.locator(CHART_MODE).first.click(force=True)
+        page.wait_for_selector(EXPANDERS)  # its run list opens collapsed
+        page.evaluate(f"document.querySelectorAll('{EXPANDERS}').forEach(b => b.click())")
+        page.wait_for_selector(CHARTS)  # a chart view that did not take is an error
+        page.wait_for_timeout(4000)  # the other cards finish drawing
+    if path is not None:
+        page.screenshot(path=str(path))
+    return page.content()
 
 
 def experiment_id(project: Path) -> str:

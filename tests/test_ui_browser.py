@@ -40,6 +40,26 @@ def _content(page, url: str, size=(1600, 1000)) -> str:
     return page.content()
 
 
+def _scrolled_text(page, steps: int = 40) -> str:
+    """The page's HTML plus the text of every row its scrolled tables render: MLflow's
+    compare view virtualises the metrics table (only the rows in view are in the DOM), so each
+    scrollable box is scrolled a screen at a time and what it shows is collected."""
+    seen = [page.content()]
+    for _ in range(steps):
+        moved = page.evaluate("""() => { let moved = false;
+            for (const el of document.querySelectorAll('*')) {
+                if (el.scrollHeight > el.clientHeight + 4 && el.clientHeight > 0
+                        && getComputedStyle(el).overflowY.match(/auto|scroll/)) {
+                    const before = el.scrollTop; el.scrollTop += el.clientHeight;
+                    moved = moved || el.scrollTop !== before; } }
+            return moved; }""")
+        page.wait_for_timeout(300)
+        seen.append(page.content())
+        if not moved:
+            break
+    return "\n".join(seen)
+
+
 def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(reference_run, page):
     from tests.conftest import CLI_VARIANTS
 
@@ -48,9 +68,9 @@ def test_mlflow_opens_on_the_runs_and_compares_the_variants_side_by_side(referen
     assert set(variants) == {*CLI_VARIANTS, "random"}
     with browser.mlflow_ui(reference_run) as base:
         table = browser.expanded_runs(base + browser.RUNS_VIEW.format(id=exp), exp,
-                                      metrics=browser.HEADLINE, size=(2000, 900))
-        compare = _content(page, base + browser.compare_view(list(variants.values()), exp),
-                           (1600, 2400))
+                                      metrics=browser.HEADLINE, size=(2000, 900), page=page)
+        _content(page, base + browser.compare_view(list(variants.values()), exp), (1600, 2400))
+        compare = _scrolled_text(page)
     # the runs table in the model-training view: the execution's parent run, expanded into
     # one row per variant, each with its headline metrics (pre-training and evaluation)
     assert "Model training" in table and ">pipeline " in table
