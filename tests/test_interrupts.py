@@ -42,6 +42,16 @@ def _runs(root: Path):
     return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
 
 
+def _flow_runs(prefect_home: Path) -> list[tuple[str, str]]:
+    """(flow name, state type) of every flow run in the temporary server's database (read
+    after the server stopped)."""
+    import sqlite3
+
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        return db.execute("SELECT flow.name, flow_run.state_type FROM flow_run "
+                          "JOIN flow ON flow.id = flow_run.flow_id").fetchall()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -73,7 +83,7 @@ def interrupted_run(tmp_path_factory, cli_env):
     proc, out, err = _signalled_then_resumed(root, [sys.executable, "-m", "flows.cli", "run"],
                                              env)
     state = {"code": proc.returncode, "stderr": err, "runs": _runs(root),
-             "outputs_after_signal": _outputs(root)}
+             "outputs_after_signal": _outputs(root), "flow_runs": _flow_runs(root / ".prefect")}
     assert_nothing_corrupt(root)
     final = _start([sys.executable, "-m", "flows.cli", "run"], root, env)
     _, ferr = final.communicate(timeout=900)
@@ -100,6 +110,13 @@ def test_the_interrupted_mlflow_runs_end_killed_not_running(interrupted_run):
     runs = state["runs"]
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
     assert {r.info.run_name for r in runs if r.info.status == "KILLED"} >= {"glob"}
+
+
+def test_the_interrupted_prefect_flow_runs_end_crashed_or_cancelled(interrupted_run):
+    _, state = interrupted_run
+    flows = state["flow_runs"]
+    assert [f for f in flows if f[1] in ("RUNNING", "PENDING", "SCHEDULED")] == [], flows
+    assert {f[0] for f in flows if f[1] in ("CRASHED", "CANCELLED")} >= {"dept_pipeline"}, flows
 
 
 def test_the_same_command_resumes_to_the_uninterrupted_outputs(interrupted_run, reference_run):
