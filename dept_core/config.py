@@ -195,6 +195,10 @@ class TrainConfig(Section):
         "random: S_t sampled uniformly without replacement each round (the paper)")
     local_steps: int = Field(20, gt=0, description="N_local inner steps per round")
     batch_size: int = Field(8, gt=0, description="sequences per inner step per source")
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="at most this many sequences per forward/backward pass in "
+        "every training loop (pre-training, CPT, plasticity, probe, downstream fine-tuning): "
+        "gradient accumulation up to the step's batch; null: the whole batch in one pass")
     seq_len: int = Field(128, gt=1)
     lr: float = Field(3e-3, gt=0, description="peak inner AdamW learning rate")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor, share of lr")

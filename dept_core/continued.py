@@ -85,7 +85,7 @@ def train_steps(model, cfg: Config, sampler, steps: int, lr: float, device,
         n = min(every or steps, steps - done)
         stats = local_train(model, opt, sampler, n, done,
                             lambda s: lr_at(s, steps, lr, warmup, t.min_lr_ratio),
-                            t.grad_clip, device)
+                            t.grad_clip, device, micro_batch=t.micro_batch_size)
         done += n
         loss_sum, tok_sum = loss_sum + stats.loss * stats.tokens, tok_sum + stats.tokens
         if on_chunk:

@@ -304,13 +304,16 @@ class _Run:
     def loss(self, model, idx):
         idx = idx.tolist()
         logits = run_routed(model, self.train, idx, self.device)
-        return torch.nn.functional.cross_entropy(logits, self.y[idx].to(self.device)), 1
+        # (mean x rows, rows): micro-batches of any size then weigh as in one pass; with a
+        # power-of-two batch the product and local_train's division are exact
+        loss = torch.nn.functional.cross_entropy(logits, self.y[idx].to(self.device))
+        return loss * len(idx), len(idx)
 
     def advance(self, to: int) -> None:
         t, warmup = self.t, max(1, self.total // 10)
         local_train(self.clf, self.opt, self.batches, to - self.done, self.done,
                     lambda i: lr_at(i, self.total, self.lr, warmup, t.min_lr_ratio),
-                    t.grad_clip, torch.device("cpu"), self.loss)
+                    t.grad_clip, torch.device("cpu"), self.loss, t.micro_batch_size)
         self.done = to
 
 

@@ -227,7 +227,8 @@ class DeptRun:
             opt.load_state_dict(self.opt_states[source])
         first = (rnd - 1) * t.local_steps
         stats = local_train(model, opt, self.samplers[source], t.local_steps, first,
-                            inner_schedule(t, first), t.grad_clip, self.device)
+                            inner_schedule(t, first), t.grad_clip, self.device,
+                            micro_batch=t.micro_batch_size)
         new_body, new_bank = get_body(model), get_bank(model)
         bad = first_nonfinite(new_body) or first_nonfinite(new_bank)
         if bad is not None or not torch.isfinite(torch.tensor(stats.loss)):

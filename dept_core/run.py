@@ -122,7 +122,10 @@ def train_loop(run: Run, rounds: int, ckpt_dir: Path | None, keep: int,
 def run_key(cfg: Config, variant: str, prepared: Path, tok_root: Path) -> str:
     """Identifies a run: config + variant + the exact data and tokenizers it trains on
     (the evaluate section does not change pre-training, so it is left out)."""
-    dump = cfg.model_dump_json(exclude={"train": {"variants", "seeds"}, "evaluate": True})
+    skip = {"variants", "seeds"}
+    if cfg.train.micro_batch_size is None:  # (keys of runs from before the setting existed)
+        skip.add("micro_batch_size")
+    dump = cfg.model_dump_json(exclude={"train": skip, "evaluate": True})
     h = hashlib.sha256(dump.encode())
     h.update(variant.encode())
     for f in (Path(prepared) / "manifest.json", Path(tok_root) / "global" / "spm.model"):

@@ -62,7 +62,7 @@ class StdRun:
             chunks.append(local_train(
                 self.model, self.opt, self.batches, b - a, a,
                 lambda s: lr_at(s, total, t.lr, t.warmup_steps, t.min_lr_ratio), t.grad_clip,
-                self.device))
+                self.device, micro_batch=t.micro_batch_size))
             if self.forget_every and b % self.forget_every == 0 and b < total:
                 forget_embeddings(self.model, self.opt, self.cfg, b)
         stats = LocalStats(

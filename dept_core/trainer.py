@@ -4,6 +4,12 @@
 baseline's steps on the mixture, continued pre-training, plasticity and downstream
 fine-tuning. What differs is passed in: the batch source (`.next()`), the loss function and
 the learning-rate schedule.
+
+Gradient accumulation (`micro_batch`): one optimiser step still takes the whole batch the
+source hands out (the recipe's batch: the paper's 256-512 sequences, §4 and Appendix B), in
+forward/backward passes of at most `micro_batch` rows, so the batch need not fit one device.
+The gradient is the one of the whole batch: summed losses, divided once by the whole batch's
+count before clipping. Not in the paper (it does not say how its batches were laid out).
 """
 
 from __future__ import annotations
@@ -86,21 +92,73 @@ def to_device(batch, device: torch.device):
     return tuple(to_device(b, device) for b in batch)
 
 
+def split_batch(batch, micro: int | None) -> list:
+    """`batch` (a tensor, or a tuple of tensors sharing dim 0) in chunks of at most `micro`
+    rows; `[batch]` when `micro` is None or not smaller than the batch."""
+    rows = (batch if isinstance(batch, Tensor) else batch[0]).shape[0]
+    if not micro or micro >= rows:
+        return [batch]
+    if isinstance(batch, Tensor):
+        return list(batch.split(micro))
+    return [tuple(parts) for parts in zip(*(b.split(micro) for b in batch))]
+
+
+def grad_sync(model: torch.nn.Module, enabled: bool):
+    """A context in which backward does (not) all-reduce gradients across data-parallel
+    replicas: DDP's `no_sync`, FSDP2's `set_requires_gradient_sync`; nothing for a plain
+    module. Accumulating micro-batches synchronise on the last one only."""
+    if enabled:
+        return nullcontext()
+    if hasattr(model, "no_sync"):  # DistributedDataParallel
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 (fully_shard)
+        class _NoSync:
+            def __enter__(self):
+                model.set_requires_gradient_sync(False)
+
+            def __exit__(self, *exc):
+                model.set_requires_gradient_sync(True)
+        return _NoSync()
+    return nullcontext()
+
+
+def _accumulate(model, chunks: list, device: torch.device, loss_fn: LossFn) -> tuple:
+    """Backward over every micro-batch, then the gradient of the whole batch's mean loss:
+    sum_j grad(loss_j) / sum_j n_j, exactly what one pass over the whole batch gives."""
+    total, count = 0.0, 0
+    for j, chunk in enumerate(chunks):
+        with grad_sync(model, j == len(chunks) - 1):  # (DDP: forward and backward inside)
+            with autocast_for(device):
+                loss, n = loss_fn(model, to_device(chunk, device))
+            loss.backward()
+        total, count = total + loss.detach(), count + n
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(count)
+    return total, count
+
+
 def local_train(model, opt, batches: BatchSource, steps: int, first_step: int,
                 lr_at: Callable[[int], float], grad_clip: float, device: torch.device,
-                loss_fn: LossFn = lm_loss) -> LocalStats:
+                loss_fn: LossFn = lm_loss, micro_batch: int | None = None) -> LocalStats:
     """`steps` optimiser steps; the learning rate follows the global step count
-    (`lr_at(first_step + i)`). The default loss is next-token cross-entropy."""
+    (`lr_at(first_step + i)`). The default loss is next-token cross-entropy. `micro_batch`:
+    at most this many rows per forward/backward pass (gradient accumulation; None: the whole
+    batch in one pass)."""
     loss_sum, tok_sum, start, step_losses = 0.0, 0, time.perf_counter(), []
     for i in range(steps):
         interrupt.check()  # Ctrl-C / SIGTERM: stop before the next step
         lr = lr_at(first_step + i)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = to_device(batches.next(), device)
-        with autocast_for(device):
-            loss, n = loss_fn(model, batch)
-        (loss / n).backward()
+        chunks = split_batch(batches.next(), micro_batch)
+        if len(chunks) == 1:  # one pass: the path (and the bits) of a run without accumulation
+            batch = to_device(chunks[0], device)
+            with autocast_for(device):
+                loss, n = loss_fn(model, batch)
+            (loss / n).backward()
+        else:
+            loss, n = _accumulate(model, chunks, device, loss_fn)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
