@@ -285,8 +285,9 @@ def expanded_runs(url: str, experiment: str, path: Path | None = None,
             if (row && !row.nextElementSibling) b.click(); }})""")
         page.wait_for_timeout(3000)  # the children's rows render
     else:  # the chart view: MLflow may restore the table mode it saved instead
-        if not page.locator(CHARTS).count():
-            page.locator(CHART_MODE).first.click(force=True)
+        mode = page.locator(CHART_MODE).first
+        if not mode.is_checked():  # (a hidden radio input: clicked from the page's script)
+            mode.evaluate("el => el.click()")
         page.wait_for_selector(EXPANDERS)  # its run list opens collapsed
         page.evaluate(f"document.querySelectorAll('{EXPANDERS}').forEach(b => b.click())")
         page.wait_for_selector(CHARTS)  # a chart view that did not take is an error
