@@ -1,7 +1,7 @@
 """Parameters, embedding memory, communication and per-GPU memory of the paper-scale presets,
 computed on PyTorch's meta device (no weight is allocated: seconds on a CPU).
 
-    python benchmarks/paper_scale.py [--trim-share 0.86]
+    python benchmarks/paper_scale.py [--trim-share 0.86] [--mfu 0.4] [--peak 989e12]
 
 Per preset (configs/paper-*.yaml) and variant it prints:
   * parameters: the body and the token embedding of the global vocabulary (and SPEC-OPT's
@@ -11,8 +11,11 @@ Per preset (configs/paper-*.yaml) and variant it prints:
     counted as the paper counts them: one direction, Table 1), and STD's per-step all-reduce;
   * expected per-GPU memory for one source per GPU at the preset's micro-batch: fp32 weights,
     grads, AdamW's two moments, and activations (bf16; Korthikanti et al. 2022's 34·s·b·h bytes
-    per block without recomputation, attention scores left out because SDPA's fused kernels do
-    not keep them, plus the logits in bf16 and their fp32 copy for the loss).
+    per block without recomputation, the 5·a·s²·b of attention scores where they are
+    materialised (MPT's ALiBi), the logits in bf16 and their fp32 copy for the loss).
+  * the wall time of one round per GPU (one source per GPU: N_local × batch × sequence
+    tokens) at an assumed MFU of the card's dense bf16 peak (6·N + 12·L·d·T FLOPs per token),
+    until benchmarks/gpu_check.sh measures tokens/s on a real card.
 Then the ratio to the paper's own figures (DEPT, ICLR 2025: §4-5 and the appendix).
 
 TRIM's volume depends on |V_k|, which only the data gives (each source's sub-vocabulary of
@@ -66,15 +69,26 @@ def shapes(cfg, vocab: int) -> tuple[int, int]:
 
 
 def activations(cfg, vocab: int) -> int:
-    """Bytes of activations kept for backward at the micro-batch (bf16), per GPU."""
+    """Bytes of activations kept for backward at the micro-batch (bf16), per GPU: 34·s·b·h
+    per block, plus 5·a·s²·b per block where attention is computed eagerly (transformers' MPT
+    adds the ALiBi bias to materialised scores; Llama and GPT-2 use SDPA's fused kernels),
+    plus the logits in bf16 and their fp32 copy for the loss."""
     d, t = cfg.model.dims(), cfg.train
     b, s, h = t.micro_batch_size or t.batch_size, t.seq_len, d["d_model"]
     blocks = 34 * s * b * h * d["n_layers"]
+    if cfg.model.family == "mpt":
+        blocks += 5 * d["n_heads"] * s * s * b * d["n_layers"]
     logits = s * b * vocab * (2 + 4)
     return blocks + logits
 
 
-def table(trim_share: float) -> tuple[list[dict], dict]:
+def flops_per_token(cfg, body: int, emb: int) -> float:
+    d = cfg.model.dims()
+    return 6 * (body + emb) + 12 * d["n_layers"] * d["d_model"] * cfg.train.seq_len
+
+
+def table(trim_share: float, mfu: float = 0.4, peak: float = 989e12
+          ) -> tuple[list[dict], dict]:
     rows, figures = [], {}
     for name in PRESETS:
         cfg = validate(yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()))
@@ -98,10 +112,13 @@ def table(trim_share: float) -> tuple[list[dict], dict]:
             model_params = body + own
             act = activations(cfg, vk_opt if v == "spec_opt" else vocab)
             gpu = model_params * (4 + 4 + 8) + act
+            tokens = n_local * t.batch_size * t.seq_len  # one source's round
+            round_h = tokens * flops_per_token(cfg, body, own) / (mfu * peak) / 3600
             rows.append({"preset": name, "variant": v, "body": body, "embedding": own,
                          "emb_mb_per_source": emb_mem / 2**20, "comm_per_round": per_round,
                          "comm_per_step": per_step, "gpu_gib": gpu / GIB,
-                         "act_gib": act / GIB, "micro": t.micro_batch_size or t.batch_size})
+                         "act_gib": act / GIB, "micro": t.micro_batch_size or t.batch_size,
+                         "round_h": round_h})
             figures[(name, f"comm/step {v}")] = per_step
         figures[(name, "embedding (global)")] = emb
         figures[(name, "embedding (spec_opt)")] = emb_opt
@@ -112,15 +129,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trim-share", type=float, default=0.86,
                     help="|V_k|/|V| assumed for TRIM (the data decides it)")
+    ap.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation")
+    ap.add_argument("--peak", type=float, default=989e12,
+                    help="the card's dense bf16 FLOP/s (H100/H200: 989e12)")
     args = ap.parse_args()
-    rows, figures = table(args.trim_share)
+    rows, figures = table(args.trim_share, args.mfu, args.peak)
     print(f"{'preset':16s} {'variant':9s} {'body M':>8s} {'emb M':>8s} {'emb MB/src':>10s} "
-          f"{'comm/round M':>12s} {'comm/step M':>11s} {'GPU GiB':>8s} {'(act.)':>7s} micro")
+          f"{'comm/round M':>12s} {'comm/step M':>11s} {'GPU GiB':>8s} {'(act.)':>7s} micro "
+          f"{'round h':>7s}")
     for r in rows:
         print(f"{r['preset']:16s} {r['variant']:9s} {r['body'] / 1e6:8.1f} "
               f"{r['embedding'] / 1e6:8.1f} {r['emb_mb_per_source']:10.0f} "
               f"{r['comm_per_round'] / 1e6:12.1f} {r['comm_per_step'] / 1e6:11.3f} "
-              f"{r['gpu_gib']:8.1f} {r['act_gib']:7.1f} {r['micro']:5d}")
+              f"{r['gpu_gib']:8.1f} {r['act_gib']:7.1f} {r['micro']:5d} {r['round_h']:7.2f}")
+    print(f"(round h: one source's round on one GPU at {args.mfu:.0%} MFU of "
+          f"{args.peak / 1e12:.0f} TFLOP/s; GPU GiB: weights, grads, AdamW, activations)")
     print(f"\nagainst the paper (parameters; TRIM at |V_k|/|V| = {args.trim_share}):")
     print(f"{'preset':12s} {'figure':22s} {'here':>12s} {'paper':>12s} {'ratio':>6s}")
     for name, fig, paper in PAPER:

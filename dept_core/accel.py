@@ -70,9 +70,13 @@ def pin_samplers(samplers: dict, device: torch.device) -> dict:
 
 
 def transformer_blocks(model) -> torch.nn.ModuleList:
-    """The repeated blocks of a Llama (`model.layers`) or GPT-2 (`transformer.h`) model."""
+    """The repeated blocks of a Llama (`model.layers`), GPT-2 (`transformer.h`) or MPT
+    (`transformer.blocks`) model."""
     inner = getattr(model, "model", None) or getattr(model, "transformer")
-    return getattr(inner, "layers", None) or inner.h
+    for name in ("layers", "h", "blocks"):
+        if isinstance(getattr(inner, name, None), torch.nn.ModuleList):
+            return getattr(inner, name)
+    raise ValueError(f"no transformer blocks found in {type(model).__name__}")
 
 
 def compile_blocks(model, **kwargs) -> int:

@@ -125,9 +125,9 @@ SIZES: dict[str, dict[str, int]] = {
 
 
 class ModelConfig(Section):
-    family: Literal["llama", "gpt2"] = Field(
-        "llama", description="llama: RoPE, no positional parameters; gpt2: learned positions"
-    )
+    family: Literal["llama", "gpt2", "mpt"] = Field(
+        "llama", description="llama: RoPE, no positional parameters; gpt2: learned positions; "
+        "mpt: ALiBi, no positional parameters (the paper's models: MPT blocks, GELU MLP)")
     size: Literal["tiny", "demo", "paper-125m", "paper-350m", "paper-1.3b"] = "demo"
     d_model: int | None = Field(None, gt=0, description="overrides the size preset")
     n_layers: int | None = Field(None, gt=0)
@@ -144,6 +144,9 @@ class ModelConfig(Section):
         if dims["d_model"] % dims["n_heads"]:
             raise ValueError(f"model.d_model {dims['d_model']} is not divisible by "
                              f"model.n_heads {dims['n_heads']}")
+        if self.family == "mpt" and dims["d_ff"] % dims["d_model"]:
+            raise ValueError(f"model.d_ff {dims['d_ff']}: the mpt family needs a multiple of "
+                             f"model.d_model {dims['d_model']} (its MLP expansion ratio)")
         return dims
 
 

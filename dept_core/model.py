@@ -2,8 +2,9 @@
 
 The bank holds what DEPT decouples from the body (paper §3): the token embeddings `tok`
 (tied to the output layer, as in the paper), the positional table `pos` when the model has one
-(GPT-2 family; the paper's models use ALiBi and have none, but Algorithm 1 specialises ψ), and
-the output layer `head` when it is untied (beyond the paper, offered for completeness).
+(GPT-2 family; the paper's ALiBi models — family `mpt` here — have none, but Algorithm 1
+specialises ψ), and the output layer `head` when it is untied (beyond the paper, offered for
+completeness).
 
 One working model is reused for every source: its bank parameters are swapped per source
 (vocabulary sizes differ between sources under TRIM, SPEC and SPEC-OPT).
@@ -16,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedModel)
+                          MptConfig, MptForCausalLM, PreTrainedModel)
 
 from dept_core.config import ModelConfig
 
@@ -35,6 +36,17 @@ def hf_config(mcfg: ModelConfig, vocab_size: int):
             tie_word_embeddings=mcfg.tie_embeddings, initializer_range=INIT_STD,
             attention_dropout=0.0, **SPECIAL_IDS,
         )
+    if mcfg.family == "mpt":
+        # The paper's models (§4: MosaicML MPT, ALiBi positions): MPT blocks as transformers
+        # implements them — ALiBi attention biases (no positional parameters, so nothing
+        # positional in the bank), LayerNorm without bias, a GELU MLP of d_ff = ratio × d.
+        return MptConfig(
+            vocab_size=vocab_size, d_model=d["d_model"], n_heads=d["n_heads"],
+            n_layers=d["n_layers"], expansion_ratio=d["d_ff"] // d["d_model"],
+            max_seq_len=mcfg.max_seq_len, tie_word_embeddings=mcfg.tie_embeddings,
+            initializer_range=INIT_STD, resid_pdrop=0, emb_pdrop=0,
+            attn_config={"alibi": True}, use_cache=False, **SPECIAL_IDS,
+        )
     return GPT2Config(
         vocab_size=vocab_size, n_embd=d["d_model"], n_layer=d["n_layers"], n_head=d["n_heads"],
         n_inner=d["d_ff"], n_positions=mcfg.max_seq_len, tie_word_embeddings=mcfg.tie_embeddings,
@@ -45,7 +57,7 @@ def hf_config(mcfg: ModelConfig, vocab_size: int):
 
 def build_model(mcfg: ModelConfig, vocab_size: int, seed: int) -> PreTrainedModel:
     """A freshly initialised causal LM; the same seed gives the same body for every variant."""
-    cls = LlamaForCausalLM if mcfg.family == "llama" else GPT2LMHeadModel
+    cls = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel, "mpt": MptForCausalLM}[mcfg.family]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(hf_config(mcfg, vocab_size))

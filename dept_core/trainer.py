@@ -6,7 +6,7 @@ fine-tuning. What differs is passed in: the batch source (`.next()`), the loss f
 the learning-rate schedule.
 
 Gradient accumulation (`micro_batch`): one optimiser step still takes the whole batch the
-source hands out (the recipe's batch: the paper's 256-512 sequences, §4 and Appendix B), in
+source hands out (at paper scale the recipe's 256-512 sequences of 2048 tokens), in
 forward/backward passes of at most `micro_batch` rows, so the batch need not fit one device.
 The gradient is the one of the whole batch: summed losses, divided once by the whole batch's
 count before clipping. Not in the paper (it does not say how its batches were laid out).
@@ -15,7 +15,7 @@ count before clipping. Not in the paper (it does not say how its batches were la
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -103,23 +103,23 @@ def split_batch(batch, micro: int | None) -> list:
     return [tuple(parts) for parts in zip(*(b.split(micro) for b in batch))]
 
 
+@contextmanager
 def grad_sync(model: torch.nn.Module, enabled: bool):
     """A context in which backward does (not) all-reduce gradients across data-parallel
     replicas: DDP's `no_sync`, FSDP2's `set_requires_gradient_sync`; nothing for a plain
     module. Accumulating micro-batches synchronise on the last one only."""
-    if enabled:
-        return nullcontext()
-    if hasattr(model, "no_sync"):  # DistributedDataParallel
-        return model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 (fully_shard)
-        class _NoSync:
-            def __enter__(self):
-                model.set_requires_gradient_sync(False)
-
-            def __exit__(self, *exc):
-                model.set_requires_gradient_sync(True)
-        return _NoSync()
-    return nullcontext()
+    if enabled or not hasattr(model, "no_sync") and \
+            not hasattr(model, "set_requires_gradient_sync"):
+        yield
+    elif hasattr(model, "no_sync"):  # DistributedDataParallel
+        with model.no_sync():
+            yield
+    else:  # FSDP2 (fully_shard)
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
 
 
 def _accumulate(model, chunks: list, device: torch.device, loss_fn: LossFn) -> tuple:

@@ -47,3 +47,21 @@ def test_meta_device_table_matches_the_papers_figures():
         if "trim" not in fig:
             assert abs(figures[(name, fig)] / paper - 1) < 0.05, (name, fig)
     assert all(r["gpu_gib"] > 0 for r in rows)
+
+
+def test_the_gpu_check_dry_run_passes():
+    """benchmarks/gpu_check.sh --dry-run: every step of the GPU check at toy size on the CPU
+    (the environment, the inner loop with compile off and on, the 2-rank torchrun backend)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "--dry-run"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.splitlines()[-1] == "gpu_check: ok"
+    for line in ("environment: torch", "inner loop, compile off", "inner loop, compile on",
+                 "torchrun, 2 ranks (gloo)"):
+        assert line in out, line
