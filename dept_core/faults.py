@@ -38,7 +38,9 @@ def point(name: str) -> None:
         target = os.environ.get(env)
         if not target:
             continue
-        target, _, how = target.partition(":")
+        how = ""  # (point names contain ':' themselves: only a known suffix is split off)
+        if target.endswith((":TERM", ":INT")):
+            target, _, how = target.rpartition(":")
         want, _, nth = target.partition("@")
         if want != name:
             continue

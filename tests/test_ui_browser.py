@@ -33,10 +33,14 @@ def browser_type_launch_args(browser_type_launch_args):
     return {**browser_type_launch_args, **browser.launch_options()}
 
 
-def _content(page, url: str, size=(1600, 1000)) -> str:
+def _content(page, url: str, size=(1600, 1000), wait_text: str | None = None) -> str:
+    """The page's HTML once it settled — and, with `wait_text`, once that text is shown (the
+    Prefect UI fills its lists after the page itself has loaded)."""
     page.set_viewport_size({"width": size[0], "height": size[1]})
     page.goto(url)
     browser._settle(page, 20000)
+    if wait_text:
+        page.get_by_text(wait_text).first.wait_for(timeout=60000)
     return page.content()
 
 
@@ -104,7 +108,7 @@ def test_prefect_flow_runs_page_lists_the_stage_that_ran(tmp_path, cli_env, page
         proc = subprocess.run([sys.executable, "-m", "flows.cli", "prepare"], cwd=root,
                               env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        html = _content(page, base + "runs", (1600, 1400))
+        html = _content(page, base + "runs", (1600, 1400), wait_text="prepare")
     assert "Flow runs" in html
     assert "prepare" in html and "Completed" in html
 
