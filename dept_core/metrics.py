@@ -76,7 +76,8 @@ def complete_mean(val: dict, sources) -> float | None:
 def round_metrics(record: dict, cumulative: dict, sources: list[str]) -> dict[str, float]:
     """One round's record as flat MLflow-style metric names."""
     out = {f"train_loss/{k}": v for k, v in record["train_loss"].items()}
-    out["tokens_per_s"] = record["tokens_per_s"]
+    if "tokens_per_s" in record:  # (a replay from a metrics.json without its timings.json)
+        out["tokens_per_s"] = record["tokens_per_s"]
     out["comm/bytes_down"] = record["comm"]["down"]
     out["comm/bytes_up"] = record["comm"]["up"]
     out["comm/cumulative_bytes"] = cumulative["bytes_down_total"] + cumulative["bytes_up_total"]
@@ -88,3 +89,25 @@ def round_metrics(record: dict, cumulative: dict, sources: list[str]) -> dict[st
     if mean is not None:
         out["val_bpb_mean"] = mean
     return out
+
+
+#: per-round wall-clock fields: they differ between two runs of the same command
+TIMING_KEYS = ("seconds", "tokens_per_s")
+
+
+def split_timings(metrics: dict) -> tuple[dict, dict]:
+    """(metrics without wall times, the wall times per round): `metrics.json` then holds only
+    what the same command reproduces bit for bit (and DVC's hash of it stays put); the wall
+    times go to `timings.json` beside it (ignored by git and by DVC's hashing)."""
+    history = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+               for r in metrics.get("history", [])]
+    rounds = [{"round": r["round"], **{k: r[k] for k in TIMING_KEYS if k in r}}
+              for r in metrics.get("history", [])]
+    return {**metrics, "history": history}, {"rounds": rounds}
+
+
+def join_timings(metrics: dict, timings: dict | None) -> dict:
+    """`metrics.json` with its rounds' wall times put back (for replaying a run's curves)."""
+    by_round = {t["round"]: t for t in (timings or {}).get("rounds", [])}
+    return {**metrics, "history": [{**r, **{k: v for k, v in by_round.get(r["round"], {}).items()
+                                             if k != "round"}} for r in metrics["history"]]}

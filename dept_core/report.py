@@ -84,7 +84,9 @@ def curves(metrics: ByVariant) -> dict[str, list[dict]]:
                 for v in variants}
         if not all(recs.values()):
             continue
-        common = set.intersection(*(set(r.get("val", {})) for rs in recs.values() for r in rs))
+        # sorted: a fixed summation order, so the same report bit for bit in every process
+        common = sorted(set.intersection(*(set(r.get("val", {})) for rs in recs.values()
+                                           for r in rs)))
         for v in variants:
             m0 = metrics[v][min(metrics[v])]
             comm = sum(r["comm"]["down"] + r["comm"]["up"] for r in m0["history"]

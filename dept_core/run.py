@@ -31,7 +31,8 @@ from dept_core.comm import CommLedger
 from dept_core.config import Config
 from dept_core.errors import DeptError
 from dept_core.export import export_model
-from dept_core.metrics import complete_mean, round_metrics  # noqa: F401 (re-exported)
+from dept_core.metrics import (complete_mean, round_metrics,  # noqa: F401 (re-exported)
+                               split_timings)
 from dept_core.model import nbytes, numel
 from dept_core.outer import LOCAL, Exchange
 from dept_core.policies import table1_bytes_per_round
@@ -226,4 +227,7 @@ def write_outputs(cfg: Config, result: RunResult, tok_root: Path, out_dir: Path,
         diskspace.expect_at_least(2 * sum(nbytes(result.body) + nbytes(b) for b in banks))
         with atomic_dir(Path(out_dir) / "models") as tmp:
             export_all(cfg, result, tok_root, tmp)
-    write_json(Path(out_dir) / "metrics.json", result.metrics)
+    metrics, timings = split_timings(result.metrics)
+    write_json(Path(out_dir) / "metrics.json", metrics)
+    write_json(Path(out_dir) / "timings.json", timings)
+

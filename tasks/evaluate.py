@@ -12,7 +12,7 @@ from dept_core.accel import pick_device
 from dept_core.atomic import write_json
 from dept_core.config import Config
 from dept_core.evaluate import run_protocol
-from dept_core.metrics import area_under_curve
+from dept_core.metrics import area_under_curve, join_timings
 from dept_core.variants import REFERENCE
 from tasks.common import NO_CACHE
 from tasks.runs import variant_run
@@ -69,7 +69,10 @@ def evaluate_task(cfg: Config, variant: str, root: Path,
         sink = MlflowSink(client, run_id)
         pretrained = layout.pretrain_metrics(root, variant, cfg.train.seed)
         if fresh and variant != REFERENCE and pretrained.is_file():
-            log_pretraining(sink, json.loads(pretrained.read_text()))
+            timings = pretrained.with_name("timings.json")
+            log_pretraining(sink, join_timings(
+                json.loads(pretrained.read_text()),
+                json.loads(timings.read_text()) if timings.is_file() else None))
             client.set_tag(run_id, "dept.pretrained", "1")
         result = run_protocol(cfg, variant, root, pick_device(cfg.train.device), log.info)
         # wall times apart: metrics.json holds only what the same command reproduces exactly
