@@ -93,8 +93,12 @@ def main() -> None:
     for _ in range(args.repeat):  # alternate, so that load on a shared machine hits both
         for name, cmd in runs.items():
             wall[name].append(timed(cmd, env))
-            out = root / ("inprocess.json" if name == "inprocess" else "torchrun/metrics.json")
-            history = json.loads(out.read_text())["history"]
+            # the rounds' wall times: the in-process metrics (written whole above), or the
+            # timings.json the torchrun backend writes beside its metrics.json
+            if name == "inprocess":
+                history = json.loads((root / "inprocess.json").read_text())["history"]
+            else:
+                history = json.loads((root / "torchrun/timings.json").read_text())["rounds"]
             rounds[name].append(sum(r["seconds"] for r in history))
     w = {k: min(v) for k, v in wall.items()}
     r = {k: min(v) for k, v in rounds.items()}
