@@ -12,7 +12,8 @@ Steps:
      windows of the embedded corpus's real text (bytes as ids): throughput does not depend on
      which ids flow, and no tokenizer of 250 k pieces can be trained on 2.7 MB;
   3. the 2-rank torchrun backend (benchmarks/distributed.py's run: 2 sources on 2 ranks, Gloo
-     on the CPU), against the in-process backend.
+     on the CPU), against the in-process backend; and the mesh path: the same 2 ranks as one
+     source group of 2 FSDP2 replicas (dept_core.replicas).
 The dry run keeps every step and swaps the sizes (tiny model, 64-token sequences, batch 8 in
 micro-batches of 4, 2 steps) so that the script cannot rot unnoticed between GPU loans.
 """
@@ -120,10 +121,12 @@ def inner_loop(cfg, device: torch.device, compiled: bool, steps: int) -> dict:
             "first_step_s": warm.seconds, "loss": stats.loss}
 
 
-def torchrun_check(dry: bool) -> dict:
+def torchrun_check(dry: bool, mesh: bool = False) -> dict:
     cmd = [sys.executable, str(REPO / "benchmarks/distributed.py"), "--variant", "spec",
            "--rounds", "1" if dry else "2", "--local-steps", "2" if dry else "10",
            "--size", "tiny" if dry else "demo"]
+    if mesh:
+        cmd += ["--replicas", "2", "--strategy", "fsdp2"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     ok = proc.returncode == 0
@@ -159,6 +162,7 @@ def main() -> int:
         mfu = fpt * r["tokens_per_s"] / peak if peak else None
         rows.append((compiled, r, mfu))
     tr = None if a.no_torchrun else torchrun_check(a.dry_run)
+    mesh = None if a.no_torchrun else torchrun_check(a.dry_run, mesh=True)
     d = cfg.model.dims()
     print(f"\nmodel d {d['d_model']} x {d['n_layers']} blocks, |V| {vocab}, batch "
           f"{cfg.train.batch_size} x {cfg.train.seq_len} in micro-batches of "
@@ -172,12 +176,14 @@ def main() -> int:
         mem_s = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
         print(f"{name:28s} {r['tokens_per_s']:10.0f} {mfu_s:>6s} {mem_s:>9s} "
               f"{estimate:13.1f} {r['first_step_s']:10.1f} {r['loss']:6.2f}")
-    if tr is not None:
-        print(f"{'torchrun, 2 ranks (gloo)':28s} {'ok' if tr['ok'] else 'FAILED':>10s} "
-              f"{'':6s} {'':9s} {'':13s} {tr['seconds']:10.1f}")
-        for line in tr["tail"]:
+    for name, check in (("torchrun, 2 ranks (gloo)", tr), ("mesh 1x2 fsdp2 (gloo)", mesh)):
+        if check is None:
+            continue
+        print(f"{name:28s} {'ok' if check['ok'] else 'FAILED':>10s} "
+              f"{'':6s} {'':9s} {'':13s} {check['seconds']:10.1f}")
+        for line in check["tail"]:
             print("    " + line)
-    failed = (tr is not None and not tr["ok"]) or any(
+    failed = any(c is not None and not c["ok"] for c in (tr, mesh)) or any(
         not torch.isfinite(torch.tensor(r["loss"])) for _, r, _ in rows)
     print("gpu_check: " + ("FAILED" if failed else "ok"))
     return 1 if failed else 0

@@ -93,6 +93,6 @@ def optimizer_to_tensors(state: dict) -> tuple[dict[str, Tensor], list]:
 def optimizer_from_tensors(flat: dict[str, Tensor], groups: list) -> dict:
     state: dict = {}
     for key, value in flat.items():
-        idx, name = key.split("/", 1)
-        state.setdefault(int(idx), {})[name] = value
+        idx, name = key.split("/", 1)  # a parameter's index, or its name (FSDP2's full state)
+        state.setdefault(int(idx) if idx.isdigit() else idx, {})[name] = value
     return {"state": state, "param_groups": groups}

@@ -233,7 +233,30 @@ class TrainConfig(Section):
     source_assignment: Literal["round_robin", "block"] = Field(
         "round_robin", description="torchrun: source i -> rank i mod W, or contiguous blocks"
     )
+    replicas_per_source: int = Field(
+        1, gt=0, description="torchrun: data-parallel ranks (GPUs) per source group; the "
+        "world is (source groups × replicas), each replica takes batch_size / replicas "
+        "sequences of every step (dept_core.replicas)")
+    replica_strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="torchrun with replicas_per_source > 1: DDP (each replica holds the "
+        "whole model) or FSDP2 (weights, gradients and AdamW state sharded over the replicas)")
     compile: bool = Field(False, description="torch.compile each transformer block")
+
+    @model_validator(mode="after")
+    def _replica_batches(self) -> "TrainConfig":
+        r = self.replicas_per_source
+        if self.batch_size % r:
+            raise ValueError(f"train.batch_size: {self.batch_size} is not divisible by "
+                             f"train.replicas_per_source {r} (each replica takes an equal "
+                             f"share of every batch)")
+        if r > 1 and self.backend != "torchrun":
+            raise ValueError(f"train.replicas_per_source: {r} needs train.backend: torchrun "
+                             f"(replicas are torchrun ranks)")
+        if self.backend == "torchrun" and self.nproc_per_node % r:
+            raise ValueError(f"train.replicas_per_source: {r} does not divide "
+                             f"train.nproc_per_node {self.nproc_per_node} (a source's replicas "
+                             f"share one node)")
+        return self
 
     @field_validator("variants")
     @classmethod
@@ -405,6 +428,11 @@ class Config(Section):
                 f"({t.rounds} × {t.sources_per_round}) divisible by the {n} training sources, "
                 f"so that every source trains in the same number of rounds; e.g. train.rounds "
                 f"in {ok[:4]}, or train.schedule: random")
+        if t.backend == "torchrun" and t.nproc_per_node // t.replicas_per_source > n:
+            raise ValueError(f"train.nproc_per_node: {t.nproc_per_node} ranks / "
+                             f"{t.replicas_per_source} replicas per source = "
+                             f"{t.nproc_per_node // t.replicas_per_source} source groups for "
+                             f"{n} training sources; use at most one group per source")
         if self.train.seq_len > self.model.max_seq_len:
             raise ValueError(f"train.seq_len: {self.train.seq_len} exceeds "
                              f"model.max_seq_len {self.model.max_seq_len}")

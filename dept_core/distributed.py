@@ -50,6 +50,7 @@ from dept_core.config import Config
 from dept_core.config_io import load_config
 from dept_core.errors import ConfigError, DeptError
 from dept_core.outer import Exchange, finish_row_mean, masked_row_sums
+from dept_core.replicas import check_layout
 from dept_core.run import (RunResult, build_run, finish, global_vocab_size, round_line, run_key,
                            train_loop, write_outputs)
 from dept_core.sourcedata import load_sources
@@ -70,21 +71,31 @@ def assign_sources(names: list[str], world: int, how: str = "round_robin"
 
 
 class CollectiveExchange(Exchange):
-    """`outer.Exchange` over a torch.distributed process group (partial sums + all_reduce)."""
+    """`outer.Exchange` over a torch.distributed process group (partial sums + all_reduce).
 
-    def __init__(self, device: torch.device):
+    With replicas (`mesh`, a 2-D DeviceMesh sources × replicas; `dept_core.replicas`) the
+    exchange runs over the source dimension only: ranks of the same replica index, one per
+    source group. `groups` / `group_index` are then the source groups and this rank's one."""
+
+    def __init__(self, device: torch.device, mesh=None):
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device = device  # NCCL reduces CUDA tensors; Gloo CPU ones
+        self.mesh = mesh
+        self.group = None if mesh is None else mesh["source"].get_group()
+        self.replicas = 1 if mesh is None else mesh["replica"].size()
+        self.groups = self.world_size // self.replicas
+        self.group_index = self.rank // self.replicas   # rank = g·R + r (row-major mesh)
+        self.replica_index = self.rank % self.replicas
         self.wire = {"all_reduce_bytes": 0, "all_reduce_calls": 0}
 
     def _all_reduce(self, t: Tensor) -> Tensor:
         self.wire["all_reduce_bytes"] += t.numel() * t.element_size()
         self.wire["all_reduce_calls"] += 1
         if self.device.type == "cpu":
-            dist.all_reduce(t)
+            dist.all_reduce(t, group=self.group)
             return t
         on_dev = t.to(self.device)
-        dist.all_reduce(on_dev)
+        dist.all_reduce(on_dev, group=self.group)
         return t.copy_(on_dev)
 
     def mean(self, like, deltas, weights, total):
@@ -110,13 +121,22 @@ class CollectiveExchange(Exchange):
         return finish_row_mean(self._all_reduce(acc), self._all_reduce(wsum))
 
     def gather(self, obj):
+        """`obj` of every source group (one replica each: the same on every replica)."""
+        out: list = [None] * self.groups
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def gather_world(self, obj):
+        """`obj` of every rank."""
         out: list = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
 
     def gather_to_root(self, obj) -> list | None:
-        out = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(obj, out, dst=0)
+        if self.replica_index:  # replicas 1.. hold copies of what replica 0 sends
+            return None
+        out = [None] * self.groups if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0, group=self.group)
         return out
 
     def stats(self) -> dict:
@@ -146,7 +166,7 @@ def restore_agreed(run, rank_dir: Path, group: CollectiveExchange) -> None:
     ahead: it then rolls back to its previous checkpoint, kept by checkpoint_keep >= 2)."""
     latest = rank_dir / "latest.json"
     mine = json.loads(latest.read_text())["round"] if latest.is_file() else 0
-    agreed = min(group.gather(mine))
+    agreed = min(group.gather_world(mine))
     if agreed == 0:
         return
     if agreed != mine:
@@ -166,15 +186,23 @@ def train_distributed(cfg: Config, variant: str, prepared: Path, tok_root: Path,
         raise DeptError(f"variant {variant} (centralised training) runs in-process only; "
                         f"use train.backend=inprocess for it")
     t, names = cfg.train, cfg.data.train_sources
-    mine = assign_sources(names, group.world_size, t.source_assignment)[group.rank]
+    layout_ = assign_sources(names, group.groups, t.source_assignment)
+    mine = layout_[group.group_index]
     data = load_sources(spec.tokenizer, mine, prepared, tok_root, t.seq_len)
     infos = {k: v for part in group.gather({k: s.info() for k, s in data.items()})
              for k, v in part.items()}
     vocab = global_vocab_size(tok_root)
-    run = build_run(cfg, variant, data, vocab, device, group, {k: infos[k] for k in names})
+    replicas = None
+    if group.replicas > 1:
+        from dept_core.replicas import Replicas
+
+        replicas = Replicas(group.mesh["replica"], t.replica_strategy, device)
+    run = build_run(cfg, variant, data, vocab, device, group, {k: infos[k] for k in names},
+                    replicas)
     rank_dir = None
     if ckpt_dir is not None:
-        rank_dir = Path(ckpt_dir) / f"torchrun-rank{group.rank}-of-{group.world_size}"
+        mesh_tag = f"-x{group.replicas}" if group.replicas > 1 else ""
+        rank_dir = Path(ckpt_dir) / f"torchrun-rank{group.rank}-of-{group.world_size}{mesh_tag}"
         restore_agreed(run, rank_dir, group)
     root = group.rank == 0
     train_loop(run, t.rounds, rank_dir, t.checkpoint_keep,
@@ -186,9 +214,10 @@ def train_distributed(cfg: Config, variant: str, prepared: Path, tok_root: Path,
     result.metrics["comm"]["collective"] = {
         "all_reduce_bytes_per_rank": [p["all_reduce_bytes"] for p in outcome.exchange_stats],
         "all_reduce_calls_per_rank": [p["all_reduce_calls"] for p in outcome.exchange_stats]}
-    result.metrics.update(backend="torchrun", world_size=group.world_size,
-                          assignment=assign_sources(names, group.world_size,
-                                                    t.source_assignment))
+    result.metrics.update(backend="torchrun", world_size=group.world_size, assignment=layout_)
+    if group.replicas > 1:
+        result.metrics.update(replicas_per_source=group.replicas,
+                              replica_strategy=t.replica_strategy)
     return result
 
 
@@ -215,7 +244,16 @@ def init_group(cfg: Config) -> tuple[CollectiveExchange, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(accel.dist_backend(device))
-    return CollectiveExchange(device), device
+    t = cfg.train
+    groups = check_layout(dist.get_world_size(), t.replicas_per_source,
+                          len(cfg.data.train_sources))
+    if t.replicas_per_source == 1:
+        return CollectiveExchange(device), device
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (groups, t.replicas_per_source),
+                            mesh_dim_names=("source", "replica"))
+    return CollectiveExchange(device, mesh), device
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -110,7 +110,7 @@ class DeptRun:
 
     def __init__(self, cfg: Config, variant: Variant, data: dict[str, SourceData],
                  global_vocab: int, device: torch.device, exchange: Exchange = LOCAL,
-                 sources: dict[str, SourceInfo] | None = None):
+                 sources: dict[str, SourceInfo] | None = None, replicas=None):
         policy_cls = POLICIES[variant.policy]
         if policy_cls.server_bank == variant.local_banks_only:
             raise ValueError(f"variant '{variant.name}': local_banks_only="
@@ -119,6 +119,7 @@ class DeptRun:
             raise ValueError(f"variant '{variant.name}': policy '{variant.policy}' needs the "
                              f"subvocab tokenizer layout, not '{variant.tokenizer}'")
         self.cfg, self.data, self.device, self.exchange = cfg, data, device, exchange
+        self.replicas = replicas  # dept_core.replicas.Replicas: this source group's ranks
         seed = cfg.train.seed
         self.model = build_model(cfg.model, global_vocab, seed)
         self.ledger = CommLedger()
@@ -222,13 +223,26 @@ class DeptRun:
         self.ledger.add(rnd, source, "down", "body", nbytes(self.body))
         load_body(model, self.body)
         set_bank(model, bank)
-        opt = make_optimizer(model, t)
-        if t.inner_state == "keep" and source in self.opt_states:
-            opt.load_state_dict(self.opt_states[source])
-        first = (rnd - 1) * t.local_steps
-        stats = local_train(model, opt, self.samplers[source], t.local_steps, first,
-                            inner_schedule(t, first), t.grad_clip, self.device,
-                            micro_batch=t.micro_batch_size)
+        first, rep = (rnd - 1) * t.local_steps, self.replicas
+        if rep is None:
+            opt = make_optimizer(model, t)
+            if t.inner_state == "keep" and source in self.opt_states:
+                opt.load_state_dict(self.opt_states[source])
+            stats = local_train(model, opt, self.samplers[source], t.local_steps, first,
+                                inner_schedule(t, first), t.grad_clip, self.device,
+                                micro_batch=t.micro_batch_size)
+            opt_state = opt.state_dict()
+        else:  # this source's replicas: DDP / FSDP2 over the replica group
+            work = rep.wrap(model)
+            opt = make_optimizer(work, t)
+            if t.inner_state == "keep" and source in self.opt_states:
+                rep.load_optimizer_state(work, opt, self.opt_states[source])
+            stats = local_train(work, opt, rep.slice(self.samplers[source]), t.local_steps,
+                                first, inner_schedule(t, first), t.grad_clip, self.device,
+                                micro_batch=t.micro_batch_size, replicas=rep)
+            rep.write_back(model, work)
+            opt_state = rep.optimizer_state(work, opt) if t.inner_state == "keep" else {}
+            del work, opt
         new_body, new_bank = get_body(model), get_bank(model)
         bad = first_nonfinite(new_body) or first_nonfinite(new_bank)
         if bad is not None or not torch.isfinite(torch.tensor(stats.loss)):
@@ -239,7 +253,7 @@ class DeptRun:
             )
         delta = {n: new_body[n].cpu() - self.body[n] for n in self.body}
         self.ledger.add(rnd, source, "up", "body", nbytes(delta))
-        return delta, {c: v.cpu() for c, v in new_bank.items()}, stats, opt.state_dict()
+        return delta, {c: v.cpu() for c, v in new_bank.items()}, stats, opt_state
 
     def _validate(self) -> dict:
         """Validation of this process's sources that have embeddings (a SPEC source never

@@ -78,7 +78,7 @@ class RunResult:
 
 def build_run(cfg: Config, variant: str, data: dict[str, SourceData], global_vocab: int,
               device: torch.device, exchange: Exchange = LOCAL,
-              sources: dict[str, SourceInfo] | None = None) -> Run:
+              sources: dict[str, SourceInfo] | None = None, replicas=None) -> Run:
     """The run kind the registry names for `variant` (`dept_core.variants`)."""
     spec = variants.get(variant)
     if spec.centralised:
@@ -87,7 +87,7 @@ def build_run(cfg: Config, variant: str, data: dict[str, SourceData], global_voc
                             f"use train.backend=inprocess for it")
         return StdRun(cfg, data, global_vocab, device,
                       forget_every=cfg.train.act_every if spec.forgets_embeddings else None)
-    return DeptRun(cfg, spec, data, global_vocab, device, exchange, sources)
+    return DeptRun(cfg, spec, data, global_vocab, device, exchange, sources, replicas)
 
 
 def round_line(record: dict, rounds: int, sources: list[str]) -> str:
@@ -126,6 +126,8 @@ def run_key(cfg: Config, variant: str, prepared: Path, tok_root: Path) -> str:
     skip = {"variants", "seeds"}
     if cfg.train.micro_batch_size is None:  # (keys of runs from before the setting existed)
         skip.add("micro_batch_size")
+    if cfg.train.replicas_per_source == 1:  # (likewise; the layout is in the rank dirs' names)
+        skip |= {"replicas_per_source", "replica_strategy"}
     dump = cfg.model_dump_json(exclude={"train": skip, "evaluate": True})
     h = hashlib.sha256(dump.encode())
     h.update(variant.encode())

@@ -138,13 +138,33 @@ def _accumulate(model, chunks: list, device: torch.device, loss_fn: LossFn) -> t
     return total, count
 
 
+def _replica_step(model, chunks: list, device: torch.device, loss_fn: LossFn,
+                  replicas) -> tuple:
+    """One step's backward on this replica's rows (`dept_core.replicas`): summed losses
+    back-propagated (DDP/FSDP2 average them over the replicas on the last micro-batch), then
+    scaled to the gradient of the whole batch's mean loss."""
+    total, count = 0.0, 0
+    for j, chunk in enumerate(chunks):
+        with grad_sync(model, j == len(chunks) - 1):
+            with autocast_for(device):
+                loss, n = loss_fn(model, to_device(chunk, device))
+            loss.backward()
+        total, count = total + loss.detach(), count + n
+    total, count = replicas.whole_batch(total, count)
+    replicas.scale_gradients(model, count)
+    return total, count
+
+
 def local_train(model, opt, batches: BatchSource, steps: int, first_step: int,
                 lr_at: Callable[[int], float], grad_clip: float, device: torch.device,
-                loss_fn: LossFn = lm_loss, micro_batch: int | None = None) -> LocalStats:
+                loss_fn: LossFn = lm_loss, micro_batch: int | None = None,
+                replicas=None) -> LocalStats:
     """`steps` optimiser steps; the learning rate follows the global step count
     (`lr_at(first_step + i)`). The default loss is next-token cross-entropy. `micro_batch`:
     at most this many rows per forward/backward pass (gradient accumulation; None: the whole
-    batch in one pass)."""
+    batch in one pass). `replicas` (`dept_core.replicas.Replicas`): `model` is this
+    replica's DDP/FSDP2 module, `batches` hands out this replica's rows; the losses and
+    counts reported are the whole batch's."""
     loss_sum, tok_sum, start, step_losses = 0.0, 0, time.perf_counter(), []
     for i in range(steps):
         interrupt.check()  # Ctrl-C / SIGTERM: stop before the next step
@@ -152,7 +172,9 @@ def local_train(model, opt, batches: BatchSource, steps: int, first_step: int,
         for group in opt.param_groups:
             group["lr"] = lr
         chunks = split_batch(batches.next(), micro_batch)
-        if len(chunks) == 1:  # one pass: the path (and the bits) of a run without accumulation
+        if replicas is not None:
+            loss, n = _replica_step(model, chunks, device, loss_fn, replicas)
+        elif len(chunks) == 1:  # one pass: the path (and the bits) of a run without accumulation
             batch = to_device(chunks[0], device)
             with autocast_for(device):
                 loss, n = loss_fn(model, batch)

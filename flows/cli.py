@@ -34,6 +34,7 @@ examples:
   dept tokenizers --set tokenizers.global_vocab_size=4000
   dept train --variant spec --set train.rounds=4
   dept train --variant spec --backend torchrun --nproc 2
+  dept train --variant trim --backend torchrun --nproc 2 --replicas 2 --set train.replica_strategy=fsdp2
   dept prepare --params configs/smoke.yaml
 """
 

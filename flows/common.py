@@ -64,12 +64,15 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
                         "(torchrun --standalone --nproc_per_node N, Gloo/NCCL)")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="= --set train.nproc_per_node=N (torchrun ranks on this node)")
+    p.add_argument("--replicas", type=int, metavar="R",
+                   help="= --set train.replicas_per_source=R (torchrun: data-parallel ranks "
+                        "per source group; the ranks are source groups × R)")
 
 
 def backend_overrides(args: argparse.Namespace) -> None:
-    """`--backend` / `--nproc` / `--seed` are shorthands for `--set train.backend=...` etc."""
+    """`--backend` / `--nproc` / `--replicas` / `--seed` are shorthands for `--set train.backend=...` etc."""
     for key, flag in (("train.backend", "backend"), ("train.nproc_per_node", "nproc"),
-                      ("train.seed", "seed")):
+                      ("train.replicas_per_source", "replicas"), ("train.seed", "seed")):
         if getattr(args, flag, None) is not None:
             args.overrides.append(f"{key}={getattr(args, flag)}")
 

@@ -90,6 +90,8 @@ def _pretrain_torchrun(cfg: Config, variant: str, root: Path, sink: MetricsSink,
         cmd = torchrun_command(params, variant, root, cfg.train.nproc_per_node, torchrun_args)
         log.info("%s: launching %s", variant, " ".join(cmd))
         tail: deque[str] = deque(maxlen=30)
+        user: list[str] = []  # the ranks' one-line errors (kept apart: 8 ranks' tracebacks
+        #                       would push them out of the tail)
         with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1) as proc:
             for line in proc.stdout:
@@ -99,11 +101,12 @@ def _pretrain_torchrun(cfg: Config, variant: str, root: Path, sink: MetricsSink,
                     sink.log(msg["metrics"], step=msg["step"])
                     continue
                 tail.append(line)
+                if line.startswith("dept: error: "):
+                    user.append(line)
                 if line.startswith("round ") or "error" in line.lower():
                     log.info("%s %s", variant, line)
         if proc.returncode:
             interrupt.check()  # the terminal's Ctrl-C stopped the ranks too: say so
-            user = [t for t in tail if t.startswith("dept: error: ")]
             if user:
                 raise DeptError(user[-1].removeprefix("dept: error: "))
             raise RuntimeError(f"torchrun exited with status {proc.returncode}:\n"
