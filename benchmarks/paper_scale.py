@@ -2,6 +2,7 @@
 computed on PyTorch's meta device (no weight is allocated: seconds on a CPU).
 
     python benchmarks/paper_scale.py [--trim-share 0.86] [--mfu 0.4] [--peak 989e12]
+                                     [--replicas 2]
 
 Per preset (configs/paper-*.yaml) and variant it prints:
   * parameters: the body and the token embedding of the global vocabulary (and SPEC-OPT's
@@ -13,9 +14,15 @@ Per preset (configs/paper-*.yaml) and variant it prints:
     grads, AdamW's two moments, and activations (bf16; Korthikanti et al. 2022's 34·s·b·h bytes
     per block without recomputation, the 5·a·s²·b of attention scores where they are
     materialised (MPT's ALiBi), the logits in bf16 and their fp32 copy for the loss).
+  * the same under a mesh of R replicas per source with FSDP2 (`train.replicas_per_source`,
+    dept_core/replicas.py): weights, grads and AdamW sharded R ways, plus what is gathered
+    whole at a time (the root unit — embeddings, head — and two blocks: the one computing and
+    the one prefetched), activations unchanged (each replica's micro-batch);
   * the wall time of one round per GPU (one source per GPU: N_local × batch × sequence
     tokens) at an assumed MFU of the card's dense bf16 peak (6·N + 12·L·d·T FLOPs per token),
-    until benchmarks/gpu_check.sh measures tokens/s on a real card.
+    until benchmarks/gpu_check.sh measures tokens/s on a real card; and with R replicas,
+    that time / R (each replica computes 1/R of every batch; the per-step gradient
+    reduce-scatter is not counted).
 Then the ratio to the paper's own figures (DEPT, ICLR 2025: §4-5 and the appendix).
 
 TRIM's volume depends on |V_k|, which only the data gives (each source's sub-vocabulary of
@@ -82,12 +89,23 @@ def activations(cfg, vocab: int) -> int:
     return blocks + logits
 
 
+def largest_block(cfg, vocab: int) -> int:
+    """Parameters of one transformer block (FSDP2 gathers one at a time, plus a prefetch)."""
+    from transformers import AutoModelForCausalLM
+
+    from dept_core.accel import transformer_blocks
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config(cfg.model, vocab))
+    return max(sum(p.numel() for p in b.parameters()) for b in transformer_blocks(model))
+
+
 def flops_per_token(cfg, body: int, emb: int) -> float:
     d = cfg.model.dims()
     return 6 * (body + emb) + 12 * d["n_layers"] * d["d_model"] * cfg.train.seq_len
 
 
-def table(trim_share: float, mfu: float = 0.4, peak: float = 989e12
+def table(trim_share: float, mfu: float = 0.4, peak: float = 989e12, replicas: int = 2
           ) -> tuple[list[dict], dict]:
     rows, figures = [], {}
     for name in PRESETS:
@@ -97,6 +115,7 @@ def table(trim_share: float, mfu: float = 0.4, peak: float = 989e12
         body, emb = shapes(cfg, vocab)
         _, emb_opt = shapes(cfg, vk_opt)
         d = cfg.model.dims()["d_model"]
+        block = largest_block(cfg, vocab)
         full = body + emb
         n_local = t.local_steps
         for v in VARIANTS:
@@ -112,11 +131,14 @@ def table(trim_share: float, mfu: float = 0.4, peak: float = 989e12
             model_params = body + own
             act = activations(cfg, vk_opt if v == "spec_opt" else vocab)
             gpu = model_params * (4 + 4 + 8) + act
+            # FSDP2 over R replicas: state sharded; gathered whole: root unit + 2 blocks (fp32)
+            sharded = model_params * (4 + 4 + 8) / replicas + (own + 2 * block) * 4 + act
             tokens = n_local * t.batch_size * t.seq_len  # one source's round
             round_h = tokens * flops_per_token(cfg, body, own) / (mfu * peak) / 3600
             rows.append({"preset": name, "variant": v, "body": body, "embedding": own,
                          "emb_mb_per_source": emb_mem / 2**20, "comm_per_round": per_round,
                          "comm_per_step": per_step, "gpu_gib": gpu / GIB,
+                         "fsdp2_gib": sharded / GIB, "round_h_replicas": round_h / replicas,
                          "act_gib": act / GIB, "micro": t.micro_batch_size or t.batch_size,
                          "round_h": round_h})
             figures[(name, f"comm/step {v}")] = per_step
@@ -132,18 +154,23 @@ def main() -> None:
     ap.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation")
     ap.add_argument("--peak", type=float, default=989e12,
                     help="the card's dense bf16 FLOP/s (H100/H200: 989e12)")
+    ap.add_argument("--replicas", type=int, default=2,
+                    help="R of the mesh columns: GPUs per source (FSDP2)")
     args = ap.parse_args()
-    rows, figures = table(args.trim_share, args.mfu, args.peak)
+    rows, figures = table(args.trim_share, args.mfu, args.peak, args.replicas)
+    r_ = args.replicas
     print(f"{'preset':16s} {'variant':9s} {'body M':>8s} {'emb M':>8s} {'emb MB/src':>10s} "
           f"{'comm/round M':>12s} {'comm/step M':>11s} {'GPU GiB':>8s} {'(act.)':>7s} micro "
-          f"{'round h':>7s}")
+          f"{'round h':>7s} {f'GiB x{r_}':>7s} {f'h x{r_}':>6s}")
     for r in rows:
         print(f"{r['preset']:16s} {r['variant']:9s} {r['body'] / 1e6:8.1f} "
               f"{r['embedding'] / 1e6:8.1f} {r['emb_mb_per_source']:10.0f} "
               f"{r['comm_per_round'] / 1e6:12.1f} {r['comm_per_step'] / 1e6:11.3f} "
-              f"{r['gpu_gib']:8.1f} {r['act_gib']:7.1f} {r['micro']:5d} {r['round_h']:7.2f}")
+              f"{r['gpu_gib']:8.1f} {r['act_gib']:7.1f} {r['micro']:5d} {r['round_h']:7.2f} "
+              f"{r['fsdp2_gib']:7.1f} {r['round_h_replicas']:6.2f}")
     print(f"(round h: one source's round on one GPU at {args.mfu:.0%} MFU of "
-          f"{args.peak / 1e12:.0f} TFLOP/s; GPU GiB: weights, grads, AdamW, activations)")
+          f"{args.peak / 1e12:.0f} TFLOP/s; GPU GiB: weights, grads, AdamW, activations; "
+          f"x{r_}: the same source on {r_} GPUs, FSDP2)")
     print(f"\nagainst the paper (parameters; TRIM at |V_k|/|V| = {args.trim_share}):")
     print(f"{'preset':12s} {'figure':22s} {'here':>12s} {'paper':>12s} {'ratio':>6s}")
     for name, fig, paper in PAPER:
