@@ -51,8 +51,8 @@ class PinnedSampler:
     def __init__(self, inner: BatchSampler):
         self.inner = inner
 
-    def next(self, n: int | None = None) -> Tensor:
-        return self.inner.next(n).pin_memory()
+    def next(self, n: int | None = None, rows: slice | None = None) -> Tensor:
+        return self.inner.next(n, rows=rows).pin_memory()
 
     def state(self) -> Tensor:
         return self.inner.state()

@@ -35,18 +35,26 @@ def derived_seed(seed: int, *names: str) -> int:
 
 
 class BatchSampler:
-    """Random `batch_size × (seq_len + 1)` windows of a stream, from a seeded generator."""
+    """Random `batch_size × (seq_len + 1)` windows of a stream, from a seeded generator.
 
-    def __init__(self, stream: Tensor, seq_len: int, batch_size: int, seed: int):
+    The stream is a token tensor or a memory-mapped `token_store.TokenStore` (same ids, same
+    batches)."""
+
+    def __init__(self, stream, seq_len: int, batch_size: int, seed: int):
         if len(stream) < seq_len + 2:
             raise ValueError(f"stream of {len(stream)} tokens is shorter than seq_len + 2")
         self.stream, self.seq_len, self.batch_size = stream, seq_len, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next(self, n: int | None = None) -> Tensor:
+    def next(self, n: int | None = None, rows: slice | None = None) -> Tensor:
+        """The next batch of `n` (default batch_size) windows; with `rows`, only those rows
+        of it are read (a replica's share: the generator still draws the whole batch, so
+        every replica's sampler stays in the same state)."""
         high = len(self.stream) - self.seq_len
         n = self.batch_size if n is None else n
         starts = torch.randint(0, high, (n,), generator=self.generator)
+        if rows is not None:
+            starts = starts[rows]
         offsets = torch.arange(self.seq_len + 1)
         return self.stream[starts.unsqueeze(1) + offsets]
 

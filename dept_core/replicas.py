@@ -65,12 +65,19 @@ def check_layout(world: int, replicas: int, n_sources: int, nproc_per_node: int 
 
 class ReplicaSlice:
     """This replica's rows of each batch a batch source hands out (the whole batch is drawn
-    on every replica, so the samplers' states stay equal and resume exactly)."""
+    on every replica, so the samplers' states stay equal and resume exactly). A
+    `BatchSampler` (or its pinned wrapper) reads only those rows from its stream — from a
+    memory-mapped token store, only those pages."""
 
     def __init__(self, inner, index: int, size: int):
         self.inner, self.index, self.size = inner, index, size
 
     def next(self):
+        size = getattr(self.inner, "batch_size", None) or \
+            getattr(getattr(self.inner, "inner", None), "batch_size", None)
+        if size is not None:
+            share = size // self.size
+            return self.inner.next(rows=slice(self.index * share, (self.index + 1) * share))
         batch = self.inner.next()
         rows = (batch if isinstance(batch, Tensor) else batch[0]).shape[0]
         share = rows // self.size

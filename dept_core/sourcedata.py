@@ -21,6 +21,7 @@ from dept_core import tokenizers as tk
 from dept_core.batches import EvalSet, eval_set, token_stream
 from dept_core.data import read_split
 from dept_core.errors import DataError
+from dept_core.token_store import INDEX, TokenStore, store_dir
 from dept_core.variants import Layout
 
 LAYOUT_DIRS = {"global": "global", "subvocab": "subvocab", "own": "spec_opt"}
@@ -41,7 +42,7 @@ class SourceData:
     name: str
     tokenizer_dir: Path
     vocab_size: int
-    train: Tensor           # the train split as one token stream
+    train: Tensor | TokenStore  # the train split as one token stream (in memory or mapped)
     val: EvalSet            # the validation split, as evaluation windows
     global_ids: Tensor | None  # local id -> global id (subvocab layout), else None
 
@@ -73,6 +74,17 @@ def train_stream(tok_dir: Path, prepared: Path, source: str) -> Tensor:
     return token_stream(_split_ids(tok_dir, prepared, source, "train")[1])
 
 
+def stored_or_encoded(tok_root: Path, layout: Layout, source: str, prepared: Path
+                      ) -> Tensor | TokenStore:
+    """The train stream from the tokenizers stage's pre-tokenised store when it has one
+    (`dept_core.token_store`: the same ids, memory-mapped), else encoded now."""
+    tdir = tokenizer_dir(tok_root, layout, source)
+    store = store_dir(tok_root, LAYOUT_DIRS[layout], source)
+    if (store / INDEX).is_file() and (tdir / "spm.model").is_file():
+        return TokenStore(store, tdir / "spm.model")
+    return train_stream(tdir, prepared, source)
+
+
 def split_eval_set(tok_dir: Path, prepared: Path, source: str, split: str,
                    seq_len: int) -> EvalSet:
     """A whole split (every document: all variants see the same ones) as evaluation windows."""
@@ -87,7 +99,7 @@ def load_sources(layout: Layout, sources: list[str], prepared: Path, tok_root: P
     out = {}
     for name in sources:
         tdir = tokenizer_dir(tok_root, layout, name)
-        train = train_stream(tdir, prepared, name)
+        train = stored_or_encoded(tok_root, layout, name, prepared)
         if len(train) < seq_len + 2:
             raise DataError(f"source '{name}': {len(train)} training tokens, fewer than "
                             f"train.seq_len + 2 = {seq_len + 2}")

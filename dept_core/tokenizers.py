@@ -265,5 +265,20 @@ def assemble(cfg, train_texts: dict[str, list[str]], val_texts: dict[str, list[s
         save_tokenizer(model, out_dir / "spec_opt" / name)
         entry = text_stats(own, token_counts(own, train_texts[name]), val_texts[name])
         stats["spec_opt"][name] = {"vocab_size": own.get_piece_size(), **entry}
+    build_stores(out_dir, train_texts, [s.name for s in cfg.data.sources], list(spec_opt_models))
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return stats
+
+
+def build_stores(out_dir: Path, train_texts: dict[str, list[str]], sources: list[str],
+                 trained: list[str]) -> None:
+    """The pre-tokenised train splits (`dept_core.token_store`): the global tokenizer's ids of
+    every source; V_k's and the source's own tokenizer's ids of each training source."""
+    from dept_core import token_store as ts
+
+    jobs = [("global", out_dir / "global", n) for n in sources]
+    jobs += [(kind, out_dir / kind / n, n) for kind in ("subvocab", "spec_opt") for n in trained]
+    for kind, tok_dir, name in jobs:
+        sp = load(tok_dir / "spm.model")
+        ts.write_store(ts.encode_in_chunks(sp, train_texts[name]), sp.get_piece_size(),
+                       tok_dir / "spm.model", ts.store_dir(out_dir, kind, name))

@@ -31,8 +31,11 @@ def write_tokenizers_task(cfg, train_texts, val_texts, global_model: bytes,
                           stats_path: Path) -> dict:
     """Sub-vocabularies, HF exports and statistics, swapped into place atomically."""
     # each model is written with its HF export (~3× its size), per source twice (V_k, own)
+    # and the pre-tokenised train splits: ≤ 4 bytes per token, ~1 token per 3 bytes of text,
+    # in up to 3 layouts
+    text = sum(len(t.encode("utf-8")) for texts in train_texts.values() for t in texts)
     diskspace.expect(4 * (len(global_model) * (1 + len(spec_opt_models))
-                          + sum(len(m) for m in spec_opt_models.values())))
+                          + sum(len(m) for m in spec_opt_models.values())) + 4 * text)
     with atomic_dir(out_dir) as tmp:
         stats = tk.assemble(cfg, train_texts, val_texts, global_model, spec_opt_models, tmp)
     write_json(stats_path, stats)

@@ -37,3 +37,11 @@ def test_scaling_runs_its_smallest_size():
 def test_mfu_measures_the_tiny_model():
     out = run("mfu.py", "--sizes", "tiny", "--steps", "2", "--reps", "1")
     assert "fp32 matmul peak" in out and any(line.startswith("tiny") for line in out.splitlines())
+
+
+def test_tokenise_builds_stores_and_extrapolates_every_preset():
+    out = run("tokenise.py", "--reps", "1", "--vocab", "2000")
+    assert "MB/s" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("paper-")]
+    assert [r[0] for r in rows] == ["paper-125m", "paper-350m", "paper-1.3b", "paper-pile-350m"]
+    assert all(float(x) > 0 for r in rows for x in r[1:]), out
