@@ -134,11 +134,13 @@ def table(trim_share: float, mfu: float = 0.4, peak: float = 989e12, replicas: i
             # FSDP2 over R replicas: state sharded; gathered whole: root unit + 2 blocks (fp32)
             sharded = model_params * (4 + 4 + 8) / replicas + (own + 2 * block) * 4 + act
             tokens = n_local * t.batch_size * t.seq_len  # one source's round
-            round_h = tokens * flops_per_token(cfg, body, own) / (mfu * peak) / 3600
+            tok_s = mfu * peak / flops_per_token(cfg, body, own)  # per GPU, at that MFU
+            round_h = tokens / tok_s / 3600
             rows.append({"preset": name, "variant": v, "body": body, "embedding": own,
                          "emb_mb_per_source": emb_mem / 2**20, "comm_per_round": per_round,
                          "comm_per_step": per_step, "gpu_gib": gpu / GIB,
                          "fsdp2_gib": sharded / GIB, "round_h_replicas": round_h / replicas,
+                         "tok_s": tok_s,
                          "act_gib": act / GIB, "micro": t.micro_batch_size or t.batch_size,
                          "round_h": round_h})
             figures[(name, f"comm/step {v}")] = per_step
@@ -161,14 +163,15 @@ def main() -> None:
     r_ = args.replicas
     print(f"{'preset':16s} {'variant':9s} {'body M':>8s} {'emb M':>8s} {'emb MB/src':>10s} "
           f"{'comm/round M':>12s} {'comm/step M':>11s} {'GPU GiB':>8s} {'(act.)':>7s} micro "
-          f"{'round h':>7s} {f'GiB x{r_}':>7s} {f'h x{r_}':>6s}")
+          f"{'tok/s':>6s} {'round h':>7s} {f'GiB x{r_}':>7s} {f'h x{r_}':>6s}")
     for r in rows:
         print(f"{r['preset']:16s} {r['variant']:9s} {r['body'] / 1e6:8.1f} "
               f"{r['embedding'] / 1e6:8.1f} {r['emb_mb_per_source']:10.0f} "
               f"{r['comm_per_round'] / 1e6:12.1f} {r['comm_per_step'] / 1e6:11.3f} "
-              f"{r['gpu_gib']:8.1f} {r['act_gib']:7.1f} {r['micro']:5d} {r['round_h']:7.2f} "
+              f"{r['gpu_gib']:8.1f} {r['act_gib']:7.1f} {r['micro']:5d} "
+              f"{r['tok_s'] / 1e3:5.0f}k {r['round_h']:7.2f} "
               f"{r['fsdp2_gib']:7.1f} {r['round_h_replicas']:6.2f}")
-    print(f"(round h: one source's round on one GPU at {args.mfu:.0%} MFU of "
+    print(f"(tok/s, round h: one source on one GPU at {args.mfu:.0%} MFU of "
           f"{args.peak / 1e12:.0f} TFLOP/s; GPU GiB: weights, grads, AdamW, activations; "
           f"x{r_}: the same source on {r_} GPUs, FSDP2)")
     print(f"\nagainst the paper (parameters; TRIM at |V_k|/|V| = {args.trim_share}):")
