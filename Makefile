@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip prints one warning per package for this machine's unused local index dirs: hide them.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install test demo ui browser browser-test screenshots
+.PHONY: install install-flower test demo ui browser browser-test screenshots
 
 install: $(STAMP)
 
@@ -22,7 +22,23 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e . $(QUIET)
 	touch $(STAMP)
 
-test: install
+# The Flower environment (train.backend: flower): flwr's pins clash with Prefect's and
+# MLflow's, so it gets a virtualenv of its own, pinned by requirements-flower.lock.
+FLOWER_VENV ?= .venv-flower
+FLOWER_PY := $(FLOWER_VENV)/bin/python
+FLOWER_STAMP := $(FLOWER_VENV)/.installed
+
+install-flower: $(FLOWER_STAMP)
+
+$(FLOWER_STAMP): requirements-flower.txt requirements-flower.lock pyproject.toml
+	test -x $(FLOWER_PY) || python3 -m venv $(FLOWER_VENV)
+	$(FLOWER_PY) -m pip install -q --upgrade "pip>=24" $(QUIET)
+	$(FLOWER_PY) -m pip install -q torch==2.13.0 $(QUIET)
+	$(FLOWER_PY) -m pip install -q -r requirements-flower.txt -c requirements-flower.lock $(QUIET)
+	$(FLOWER_PY) -m pip install -q --no-deps -e . $(QUIET)
+	touch $(FLOWER_STAMP)
+
+test: install install-flower
 	HF_HUB_OFFLINE=1 PATH="$(BIN):$$PATH" $(PY) -m pytest -q
 
 demo: install

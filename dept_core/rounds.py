@@ -110,7 +110,8 @@ class DeptRun:
 
     def __init__(self, cfg: Config, variant: Variant, data: dict[str, SourceData],
                  global_vocab: int, device: torch.device, exchange: Exchange = LOCAL,
-                 sources: dict[str, SourceInfo] | None = None, replicas=None):
+                 sources: dict[str, SourceInfo] | None = None, replicas=None,
+                 rows: dict[str, Tensor | None] | None = None):
         policy_cls = POLICIES[variant.policy]
         if policy_cls.server_bank == variant.local_banks_only:
             raise ValueError(f"variant '{variant.name}': local_banks_only="
@@ -123,10 +124,14 @@ class DeptRun:
         seed = cfg.train.seed
         self.model = build_model(cfg.model, global_vocab, seed)
         self.ledger = CommLedger()
+        # rows (TRIM's V_k as global ids) and vocabulary sizes of the sources the policy
+        # serves: this process's, or (a cross-silo server, dept_core.silo) every source's
+        infos = sources or {k: s.info() for k, s in data.items()}
         self.policy = policy_cls(
             cfg.model, get_bank(self.model) if policy_cls.server_bank else None,
-            {k: s.global_ids for k, s in data.items()},
-            {k: s.vocab_size for k, s in data.items()}, seed, self.ledger)
+            rows if rows is not None else {k: s.global_ids for k, s in data.items()},
+            {k: infos[k].vocab_size for k in (data if rows is None else rows)}, seed,
+            self.ledger)
         t, o = cfg.train, cfg.train.outer
         self.body = get_body(self.model)
         self.outer = OuterOptimizer(o.optimizer, o.server_lr, o.momentum)
@@ -149,12 +154,10 @@ class DeptRun:
         generator) and ends with the same θ; the round's record is appended to `history`."""
         rnd, t, start = self.done + 1, self.cfg.train, time.perf_counter()
         chosen = self.schedule[rnd - 1]
-        mine = [k for k in chosen if k in self.data]
+        mine = [k for k in chosen if self._holds(k)]
         deltas, stats, opts = {}, {}, {}
-        for k in mine:
-            deltas[k], new_bank, stats[k], opts[k] = self._train_source(k, rnd)
-            self.policy.upload(rnd, k, new_bank)
-            faults.point("source-trained")  # kill -9 tests: mid-round (tests/test_faults.py)
+        for k, (delta, stat, opt) in self._train_sources(rnd, mine).items():
+            deltas[k], stats[k], opts[k] = delta, stat, opt
         weights = {k: (self.sources[k].train_tokens if t.outer.weighting == "tokens" else 1.0)
                    for k in chosen}
         means = self.exchange.means(self.body, [deltas[k] for k in mine],
@@ -163,7 +166,7 @@ class DeptRun:
             self.outer.step(f"body/{n}", param, means[n])
         self.policy.aggregate(weights, self.outer, self.exchange)
         if t.inner_state == "keep":
-            self.opt_states.update(opts)
+            self.opt_states.update({k: o for k, o in opts.items() if o})  # (remote: none)
         record = self._record(rnd, chosen, stats)
         if rnd % t.eval_every == 0 or rnd == t.rounds:
             val = {k: v for part in self.exchange.gather(self._validate())
@@ -216,44 +219,30 @@ class DeptRun:
                           [p["stats"] for p in parts])
 
     # --- one source, one round ----------------------------------------------------------------
+    def _holds(self, source: str) -> bool:
+        """Whether this process trains `source` (its data is here)."""
+        return source in self.data
+
+    def _train_sources(self, rnd: int, mine: list[str]) -> dict:
+        """Train this process's sampled sources, one after another, each handing its bank
+        to the policy: {source: (Δbody, stats, inner optimiser state)}, in sampling order."""
+        out = {}
+        for k in mine:
+            delta, new_bank, stat, opt = self._train_source(k, rnd)
+            self.policy.upload(rnd, k, new_bank)
+            faults.point("source-trained")  # kill -9 tests: mid-round (tests/test_faults.py)
+            out[k] = (delta, stat, opt)
+        return out
+
     def _train_source(self, source: str, rnd: int):
         """One source's local round: (Δbody, new bank, stats, inner optimiser state)."""
-        t, model = self.cfg.train, self.model
         bank = self.policy.download(rnd, source)
         self.ledger.add(rnd, source, "down", "body", nbytes(self.body))
-        load_body(model, self.body)
-        set_bank(model, bank)
-        first, rep = (rnd - 1) * t.local_steps, self.replicas
-        if rep is None:
-            opt = make_optimizer(model, t)
-            if t.inner_state == "keep" and source in self.opt_states:
-                opt.load_state_dict(self.opt_states[source])
-            stats = local_train(model, opt, self.samplers[source], t.local_steps, first,
-                                inner_schedule(t, first), t.grad_clip, self.device,
-                                micro_batch=t.micro_batch_size)
-            opt_state = opt.state_dict()
-        else:  # this source's replicas: DDP / FSDP2 over the replica group
-            work = rep.wrap(model)
-            opt = make_optimizer(work, t)
-            if t.inner_state == "keep" and source in self.opt_states:
-                rep.load_optimizer_state(work, opt, self.opt_states[source])
-            stats = local_train(work, opt, rep.slice(self.samplers[source]), t.local_steps,
-                                first, inner_schedule(t, first), t.grad_clip, self.device,
-                                micro_batch=t.micro_batch_size, replicas=rep)
-            rep.write_back(model, work)
-            opt_state = rep.optimizer_state(work, opt) if t.inner_state == "keep" else {}
-            del work, opt
-        new_body, new_bank = get_body(model), get_bank(model)
-        bad = first_nonfinite(new_body) or first_nonfinite(new_bank)
-        if bad is not None or not torch.isfinite(torch.tensor(stats.loss)):
-            raise NonFiniteUpdate(
-                f"round {rnd}: source '{source}' returned a non-finite update "
-                f"({bad or 'loss'}); the round was not applied, the last checkpoint is intact "
-                f"— lower train.lr or check the source's data"
-            )
-        delta = {n: new_body[n].cpu() - self.body[n] for n in self.body}
+        delta, new_bank, stats, opt_state = local_round(
+            self.cfg, self.model, self.body, bank, self.samplers[source],
+            self.opt_states.get(source), source, rnd, self.device, self.replicas)
         self.ledger.add(rnd, source, "up", "body", nbytes(delta))
-        return delta, {c: v.cpu() for c, v in new_bank.items()}, stats, opt_state
+        return delta, new_bank, stats, opt_state
 
     def _validate(self) -> dict:
         """Validation of this process's sources that have embeddings (a SPEC source never
@@ -283,6 +272,48 @@ class DeptRun:
                 # processes train side by side: the slowest one's training time
                 "tokens_per_s": tokens / max(max(p["seconds"] for p in shared), 1e-9),
                 "comm": self.ledger.round_detail(rnd)}
+
+
+def local_round(cfg: Config, model, body: dict[str, Tensor], bank: dict[str, Tensor],
+                sampler, opt_state: dict | None, source: str, rnd: int,
+                device: torch.device, replicas=None):
+    """One source's local round from the server's θ and the bank it starts from:
+    (Δbody, new bank, stats, inner optimiser state). Shared by the in-process and torchrun
+    rounds (`DeptRun`) and a cross-silo client (`dept_core.silo`), so all run the same steps."""
+    t = cfg.train
+    load_body(model, body)
+    set_bank(model, bank)
+    first, rep = (rnd - 1) * t.local_steps, replicas
+    keep = t.inner_state == "keep" and opt_state is not None
+    if rep is None:
+        opt = make_optimizer(model, t)
+        if keep:
+            opt.load_state_dict(opt_state)
+        stats = local_train(model, opt, sampler, t.local_steps, first,
+                            inner_schedule(t, first), t.grad_clip, device,
+                            micro_batch=t.micro_batch_size)
+        new_opt_state = opt.state_dict()
+    else:  # this source's replicas: DDP / FSDP2 over the replica group
+        work = rep.wrap(model)
+        opt = make_optimizer(work, t)
+        if keep:
+            rep.load_optimizer_state(work, opt, opt_state)
+        stats = local_train(work, opt, rep.slice(sampler), t.local_steps,
+                            first, inner_schedule(t, first), t.grad_clip, device,
+                            micro_batch=t.micro_batch_size, replicas=rep)
+        rep.write_back(model, work)
+        new_opt_state = rep.optimizer_state(work, opt) if t.inner_state == "keep" else {}
+        del work, opt
+    new_body, new_bank = get_body(model), get_bank(model)
+    bad = first_nonfinite(new_body) or first_nonfinite(new_bank)
+    if bad is not None or not torch.isfinite(torch.tensor(stats.loss)):
+        raise NonFiniteUpdate(
+            f"round {rnd}: source '{source}' returned a non-finite update "
+            f"({bad or 'loss'}); the round was not applied, the last checkpoint is intact "
+            f"— lower train.lr or check the source's data"
+        )
+    delta = {n: new_body[n].cpu() - body[n] for n in body}
+    return delta, {c: v.cpu() for c, v in new_bank.items()}, stats, new_opt_state
 
 
 def _merge_round_ledger(ledger: CommLedger, rnd: int, chosen: list[str],

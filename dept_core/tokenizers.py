@@ -30,7 +30,6 @@ import sentencepiece as spm
 
 from dept_core import faults
 from dept_core.errors import DataError
-from dept_core.hf_tokenizer import export_hf_tokenizer, trim_spm_model
 
 SPECIALS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
 MAX_SENTENCE_BYTES = 8192
@@ -177,6 +176,8 @@ def save_tokenizer(model: bytes, out_dir: Path) -> Path:
     raw = out_dir.parent / f".{out_dir.name}.spm.model"
     raw.write_bytes(model)
     try:
+        from dept_core.hf_tokenizer import export_hf_tokenizer  # (see save_subvocab)
+
         export_hf_tokenizer(raw, out_dir)
     finally:
         raw.unlink(missing_ok=True)
@@ -194,6 +195,10 @@ def save_subvocab(global_model: Path, ids: list[int], out_dir: Path) -> list[int
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     raw = out_dir.parent / f".{out_dir.name}.spm.model"
     try:
+        # imported here: sentencepiece's model protobuf needs protobuf >= 7, which the Flower
+        # environment (flwr pins protobuf < 7) lacks; training never writes tokenizers
+        from dept_core.hf_tokenizer import export_hf_tokenizer, trim_spm_model
+
         kept = trim_spm_model(global_model, ids, raw, add_char_pieces=True)
         export_hf_tokenizer(raw, out_dir)
     finally:
