@@ -225,10 +225,14 @@ class TrainConfig(Section):
     eval_every: int = Field(1, gt=0, description="validate every this many rounds")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_keep: int = Field(2, gt=0, description="finished-round checkpoints kept")
-    backend: Literal["inprocess", "torchrun"] = Field(
+    backend: Literal["inprocess", "torchrun", "flower"] = Field(
         "inprocess", description="inprocess: sources one after another in this process; "
-        "torchrun: one rank per source group (dept_core.distributed; Gloo on CPU, NCCL on GPU)"
+        "torchrun: one rank per source group (dept_core.distributed; Gloo on CPU, NCCL on GPU); "
+        "flower: one Flower SuperNode per source, cross-silo (dept_core.federation)"
     )
+    flower_round_timeout: float = Field(
+        3600.0, gt=0, description="flower: seconds a round's messages may take before a "
+        "silent site stops the run (resumable)")
     nproc_per_node: int = Field(2, gt=0, description="torchrun: ranks started on this node")
     source_assignment: Literal["round_robin", "block"] = Field(
         "round_robin", description="torchrun: source i -> rank i mod W, or contiguous blocks"

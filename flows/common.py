@@ -59,9 +59,10 @@ def add_seed_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("inprocess", "torchrun"),
+    p.add_argument("--backend", choices=("inprocess", "torchrun", "flower"),
                    help="= --set train.backend=...: torchrun runs the rounds on ranks "
-                        "(torchrun --standalone --nproc_per_node N, Gloo/NCCL)")
+                        "(torchrun --standalone --nproc_per_node N, Gloo/NCCL); flower on a "
+                        "local Flower SuperLink with one SuperNode per source")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="= --set train.nproc_per_node=N (torchrun ranks on this node)")
     p.add_argument("--replicas", type=int, metavar="R",

@@ -37,6 +37,8 @@ def pretrain_task(cfg: Config, variant: str, root: Path, parent_run_id: str | No
         sink = MlflowSink(client, run_id)
         if cfg.train.backend == "torchrun" and not variants.get(variant).centralised:
             metrics = _pretrain_torchrun(cfg, variant, root, sink, torchrun_args)
+        elif cfg.train.backend == "flower" and not variants.get(variant).centralised:
+            metrics = _pretrain_flower(cfg, variant, root, sink)
         else:  # a centralised run (STD) always runs in-process
             metrics = _pretrain(cfg, variant, root, sink)
         log_artifact(client, run_id, layout.pretrain_metrics(root, variant, cfg.train.seed))
@@ -114,4 +116,49 @@ def _pretrain_torchrun(cfg: Config, variant: str, root: Path, sink: MetricsSink,
     metrics = json.loads(layout.pretrain_metrics(root, variant, cfg.train.seed).read_text())
     log.info("%s: mean val bits/byte %.4f on %d ranks", variant,
              metrics["final"]["val_bpb_mean"] or float("nan"), metrics["world_size"])
+    return metrics
+
+
+def _pretrain_flower(cfg: Config, variant: str, root: Path, sink: MetricsSink) -> dict:
+    """The same stage across silos: a local Flower deployment (a SuperLink, one SuperNode
+    per training source, from the Flower environment) runs DEPT's Flower app; the server
+    checkpoints every round and each site keeps its private state under the run's checkpoint
+    directory, so the same command resumes. The bytes Flower's SuperLink counted are added
+    to metrics.json beside the app's own per-message figures."""
+    from dept_core.atomic import write_json
+    from dept_core.federation import LocalDeployment, failure_line
+
+    log = get_run_logger()
+    prepared, tok_root = layout.prepared(root), layout.tokenizers(root)
+    ckpt = layout.checkpoint_dir(root, variant, run_key(cfg, variant, prepared, tok_root))
+    out = layout.pretrain_dir(root, variant, cfg.train.seed)
+    if (ckpt / "flower-server" / "latest.json").is_file():
+        log.info("resuming %s from %s", variant, ckpt)
+
+    def on_line(line: str) -> None:
+        if line.startswith("DEPT_METRICS "):
+            msg = json.loads(line.removeprefix("DEPT_METRICS "))
+            sink.log(msg["metrics"], step=msg["step"])
+        elif line.startswith("round "):
+            log.info("%s %s", variant, line)
+
+    with tempfile.TemporaryDirectory(prefix="dept-flower-") as tmp:
+        params = Path(tmp) / "params.json"
+        params.write_text(cfg.model_dump_json(), encoding="utf-8")
+        with LocalDeployment(cfg.data.train_sources, Path(tmp) / "flwr",
+                             ckpt / "flower-logs") as dep:
+            log.info("%s: Flower SuperLink on 127.0.0.1:%d, %d SuperNodes (--insecure: "
+                     "local only)", variant, dep.port, len(cfg.data.train_sources))
+            record = dep.run({"params": str(params), "variant": variant, "root": str(root),
+                              "out": str(out), "ckpt": str(ckpt / "flower-server"),
+                              "state-root": str(ckpt / "flower-sites"),
+                              "round-timeout": float(cfg.train.flower_round_timeout)},
+                             on_line)
+    interrupt.check()
+    failed = failure_line(record)
+    if failed is not None:
+        raise DeptError(failed)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["comm"]["flower"]["superlink_network_traffic"] = record.get("network-traffic")
+    write_json(out / "metrics.json", metrics)
     return metrics
