@@ -154,7 +154,24 @@ def pretraining_summary(metrics: dict) -> dict[str, float]:
             "final/embedding_params_mean": sum(metrics["embedding_params"].values())
             / max(len(metrics["embedding_params"]), 1),
             "final/embedding_mb_per_source": sum(emb.values()) / max(len(emb), 1) / 1e6,
-            "final/body_mb": metrics["memory"]["body_bytes"] / 1e6}
+            "final/body_mb": metrics["memory"]["body_bytes"] / 1e6,
+            **_flower_bytes(metrics["comm"].get("flower"))}
+
+
+def _flower_bytes(flower: dict | None) -> dict[str, float]:
+    """The Flower backend's measured bytes, beside the ledger's `final/comm_bytes_total`:
+    the training messages' tensors (== the ledger), all messages on the wire, the framing,
+    and the SuperLink's own count."""
+    if not flower:
+        return {}
+    train = flower["totals"].get("train", {})
+    out = {"flower/train_tensor_bytes": train.get("down_payload", 0) + train.get("up_payload", 0),
+           "flower/wire_bytes": flower["wire_bytes"],
+           "flower/framing_bytes": flower["framing_bytes"]}
+    link = flower.get("superlink_network_traffic")
+    if link:
+        out["flower/superlink_bytes"] = link["total-bytes"]
+    return out
 
 
 def log_pretraining(sink: MlflowSink, metrics: dict) -> None:

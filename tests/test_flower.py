@@ -1,6 +1,6 @@
 """The Flower backend (dept_core.federation, flower_app/): a real SuperLink and one real
 SuperNode per source, from the Flower environment (`make install-flower`; CI installs it, so
-these run there), against the in-process backend.
+these run there), against the in-process backend, on configs/smoke.yaml.
 
 * Parity: every DEPT variant ends with the in-process run's weights (every exported model) and
   history, within fp32 tolerance (measured here: equal, bit for bit).
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from dept_core import federation
@@ -35,13 +36,29 @@ if not (federation.flower_venv() / "bin" / "flwr").is_file():
     pytest.skip("no Flower environment (make install-flower)", allow_module_level=True)
 
 ATOL = 1e-5
-TRAIN = dict(rounds=2, local_steps=3, eval_every=2)
+SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
 
 
-def _cfg(tiny_raw, **train):
-    raw = json.loads(json.dumps(tiny_raw))
-    raw["train"].update(TRAIN, **train)
-    return validate(raw)
+def _cfg():
+    return validate(yaml.safe_load(SMOKE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory) -> Path:
+    """A project of configs/smoke.yaml with data and tokenizers (no Prefect)."""
+    from dept_core import tokenizers as tk
+    from dept_core.data import prepare, read_split, write_prepared
+
+    root, cfg = tmp_path_factory.mktemp("smoke"), _cfg()
+    write_prepared(prepare(cfg, root), root / PREPARED, set(cfg.data.heldout_sources))
+    names = [s.name for s in cfg.data.sources]
+    train = {n: read_split(root / PREPARED, n, "train") for n in names}
+    val = {n: read_split(root / PREPARED, n, "val") for n in names}
+    glob_spec, per_source = tk.plan(cfg, train)
+    tk.assemble(cfg, train, val, tk.train_sentencepiece(glob_spec),
+                {n: tk.train_sentencepiece(s) for n, s in per_source.items()},
+                root / TOKENIZERS)
+    return root
 
 
 def _run(dep, cfg, variant, root, work, timeout=600.0):
@@ -57,26 +74,25 @@ def _models(d: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def references(tokenized_root, tiny_raw, tmp_path_factory):
+def references(smoke_root, tmp_path_factory):
     """The in-process runs, exported as the pipeline exports them."""
     out = tmp_path_factory.mktemp("inprocess")
-    cfg = _cfg(tiny_raw)
+    cfg = _cfg()
     refs = {}
     for variant in ("glob", "trim", "spec", "spec_opt"):
-        res, _ = train_variant(cfg, variant, tokenized_root / PREPARED,
-                               tokenized_root / TOKENIZERS, None)
-        write_outputs(cfg, res, tokenized_root / TOKENIZERS, out / variant)
+        res, _ = train_variant(cfg, variant, smoke_root / PREPARED, smoke_root / TOKENIZERS,
+                               None)
+        write_outputs(cfg, res, smoke_root / TOKENIZERS, out / variant)
         refs[variant] = (res.metrics, _models(out / variant / "models"))
     return refs
 
 
-def test_every_variant_on_flower_is_the_inprocess_run(tokenized_root, tiny_raw, tmp_path,
-                                                      references):
-    cfg = _cfg(tiny_raw)
+def test_every_variant_on_flower_is_the_inprocess_run(smoke_root, tmp_path, references):
+    cfg = _cfg()
     with federation.LocalDeployment(cfg.data.train_sources, tmp_path / "flwr",
                                     tmp_path / "logs") as dep:
         for variant in ("glob", "trim", "spec", "spec_opt"):
-            record = _run(dep, cfg, variant, tokenized_root, tmp_path)
+            record = _run(dep, cfg, variant, smoke_root, tmp_path)
             assert federation.failure_line(record) is None, record
             ref_metrics, ref_models = references[variant]
             out = tmp_path / "out" / variant
@@ -112,8 +128,8 @@ def test_every_variant_on_flower_is_the_inprocess_run(tokenized_root, tiny_raw, 
 
 
 def test_a_site_killed_mid_round_stops_the_run_in_one_line_and_it_resumes_exactly(
-        tokenized_root, tiny_raw, tmp_path, references):
-    cfg = _cfg(tiny_raw)
+        smoke_root, tmp_path, references):
+    cfg = _cfg()
     server_ckpt = tmp_path / "ckpt" / "spec" / "latest.json"
 
     def kill_after_round_one(dep):
@@ -125,14 +141,14 @@ def test_a_site_killed_mid_round_stops_the_run_in_one_line_and_it_resumes_exactl
                                     tmp_path / "logs") as dep:
         killer = threading.Thread(target=kill_after_round_one, args=(dep,), daemon=True)
         killer.start()
-        record = _run(dep, cfg, "spec", tokenized_root, tmp_path, timeout=45.0)
+        record = _run(dep, cfg, "spec", smoke_root, tmp_path, timeout=45.0)
         killer.join(timeout=5)
         line = federation.failure_line(record)
         assert line is not None and "site 'de'" in line and "round 2" in line, record
         assert "\n" not in line
         assert json.loads(server_ckpt.read_text())["round"] == 1
         dep.start_node("de")
-        record = _run(dep, cfg, "spec", tokenized_root, tmp_path)
+        record = _run(dep, cfg, "spec", smoke_root, tmp_path)
     assert federation.failure_line(record) is None, record
     ref_metrics, ref_models = references["spec"]
     models = _models(tmp_path / "out" / "spec" / "models")
