@@ -91,10 +91,9 @@ def preset(dry: bool):
 
 
 def flops_per_token(cfg, vocab: int) -> float:
-    """6·N + 12·L·d·T (PaLM's convention), N = body + the tied output projection |V|·d."""
-    body, emb = paper_scale.shapes(cfg, vocab)
-    d = cfg.model.dims()
-    return 6 * (body + emb) + 12 * d["n_layers"] * d["d_model"] * cfg.train.seq_len
+    """paper_scale.flops_per_token of the preset's model over `vocab`."""
+    return paper_scale.flops_per_token(cfg.model, cfg.train.seq_len,
+                                       *paper_scale.shapes(cfg, vocab))
 
 
 def inner_loop(cfg, device: torch.device, compiled: bool, steps: int) -> dict:

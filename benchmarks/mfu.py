@@ -19,7 +19,9 @@ from throughput import measure
 
 import torch
 
-from dept_core.config import SIZES
+import paper_scale  # noqa: E402  (benchmarks/paper_scale.py: the FLOPs formula)
+
+from dept_core.config import ModelConfig
 
 
 def matmul_flops(reps: int = 5) -> tuple[float, dict[int, float]]:
@@ -37,9 +39,10 @@ def matmul_flops(reps: int = 5) -> tuple[float, dict[int, float]]:
 
 
 def model_flops_per_token(size: str, vocab: int, seq: int) -> float:
-    d, layers, ff = SIZES[size]["d_model"], SIZES[size]["n_layers"], SIZES[size]["d_ff"]
-    body = layers * (4 * d * d + 3 * d * ff)  # attention q,k,v,o + SwiGLU MLP (Llama)
-    return 6 * (body + vocab * d) + 12 * layers * d * seq
+    """paper_scale.flops_per_token of the model throughput.py measures (the default
+    family, Llama: its body counted on the meta device, SwiGLU MLP included)."""
+    mcfg = ModelConfig(size=size, max_seq_len=max(seq, 64))
+    return paper_scale.flops_per_token(mcfg, seq, *paper_scale.shapes(mcfg, vocab))
 
 
 def main() -> None:

@@ -63,12 +63,12 @@ PAPER = [
 
 
 def shapes(cfg, vocab: int) -> tuple[int, int]:
-    """(body parameters, token-embedding parameters) of the preset's model over `vocab`,
-    built on the meta device."""
+    """(body parameters, token-embedding parameters) of a model over `vocab` (`cfg`: a Config
+    or its ModelConfig), built on the meta device."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config(cfg.model, vocab))
+        model = AutoModelForCausalLM.from_config(hf_config(getattr(cfg, "model", cfg), vocab))
     bank = bank_param_ids(model)
     body = sum(p.numel() for p in model.parameters() if id(p) not in bank)
     emb = model.get_input_embeddings().weight.numel()
@@ -100,9 +100,11 @@ def largest_block(cfg, vocab: int) -> int:
     return max(sum(p.numel() for p in b.parameters()) for b in transformer_blocks(model))
 
 
-def flops_per_token(cfg, body: int, emb: int) -> float:
-    d = cfg.model.dims()
-    return 6 * (body + emb) + 12 * d["n_layers"] * d["d_model"] * cfg.train.seq_len
+def flops_per_token(mcfg, seq_len: int, body: int, emb: int) -> float:
+    """Training FLOPs per token, PaLM's convention: 6·N + 12·L·d·T, N = body + the (tied)
+    output projection |V|·d. The one formula of the benchmarks (gpu_check.py, mfu.py)."""
+    d = mcfg.dims()
+    return 6 * (body + emb) + 12 * d["n_layers"] * d["d_model"] * seq_len
 
 
 def table(trim_share: float, mfu: float = 0.4, peak: float = 989e12, replicas: int = 2
@@ -134,7 +136,7 @@ def table(trim_share: float, mfu: float = 0.4, peak: float = 989e12, replicas: i
             # FSDP2 over R replicas: state sharded; gathered whole: root unit + 2 blocks (fp32)
             sharded = model_params * (4 + 4 + 8) / replicas + (own + 2 * block) * 4 + act
             tokens = n_local * t.batch_size * t.seq_len  # one source's round
-            tok_s = mfu * peak / flops_per_token(cfg, body, own)  # per GPU, at that MFU
+            tok_s = mfu * peak / flops_per_token(cfg.model, t.seq_len, body, own)  # per GPU
             round_h = tokens / tok_s / 3600
             rows.append({"preset": name, "variant": v, "body": body, "embedding": own,
                          "emb_mb_per_source": emb_mem / 2**20, "comm_per_round": per_round,

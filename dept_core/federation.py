@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dept_core import interrupt
 from dept_core.errors import DeptError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,11 +160,26 @@ class LocalDeployment:
         cmd = [str(self.bin / "flwr"), "run", str(APP_DIR), CONNECTION, "--stream",
                "--run-config", str(overrides)]
         run_id = None
+        lines: queue.Queue = queue.Queue()
         with subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, bufsize=1,
                               start_new_session=True) as proc:
+            reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout],
+                                      daemon=True)
+            reader.start()
             with open(self.logs / "flwr-run.log", "a") as log:
-                for line in proc.stdout:
+                while reader.is_alive() or not lines.empty():
+                    if interrupt.requested() and run_id is not None:
+                        # Ctrl-C / SIGTERM reached this process only (the deployment runs
+                        # in sessions of its own): stop the run; the rounds it finished are
+                        # checkpointed, and leaving the `with` stops the processes
+                        self._flwr("stop", run_id, CONNECTION)
+                        proc.terminate()
+                        interrupt.check()
+                    try:
+                        line = lines.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
                     log.write(line)
                     line = line.rstrip("\n")
                     if run_id is None and "started run" in line.lower():
@@ -173,10 +191,12 @@ class LocalDeployment:
                             f"{proc.returncode}); see {self.logs / 'flwr-run.log'}")
         return self.status(run_id)
 
+    def _flwr(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bin / "flwr"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+
     def status(self, run_id: str) -> dict:
-        proc = subprocess.run([str(self.bin / "flwr"), "ls", CONNECTION, "--run-id", run_id,
-                               "--format", "json"], env=self.env, capture_output=True,
-                              text=True, timeout=120)
+        proc = self._flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json")
         try:
             return json.loads(proc.stdout)["runs"][0]
         except (ValueError, KeyError, IndexError):

@@ -40,6 +40,17 @@ TINY = {
 }
 
 
+def linked_project(root: Path, source: Path) -> Path:
+    """A project directory at `root` whose data/prepared and data/tokenizers are links to
+    `source`'s (a built project): its own checkpoints/ and results/, the same data."""
+    from dept_core.layout import PREPARED, TOKENIZERS
+
+    for sub in (PREPARED, TOKENIZERS):
+        (root / sub).parent.mkdir(parents=True, exist_ok=True)
+        (root / sub).symlink_to(source / sub)
+    return root
+
+
 def write_params(root: Path, raw: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / "params.yaml"

@@ -14,6 +14,7 @@ from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.model import build_model, get_body, init_bank
 from dept_core.run import train_variant, write_outputs
 from dept_core.trainer import make_optimizer
+from tests.conftest import linked_project
 
 
 def _cfg(tiny_raw, **train):
@@ -75,9 +76,7 @@ def test_act_is_evaluated_like_the_others(tokenized_root, tiny_raw, tmp_path):
                        "probe": {"steps": 0}, "minimal_pairs": {"items_per_source": 0}}
     cfg = validate(raw)
     root = tmp_path / "proj"
-    for sub in (PREPARED, TOKENIZERS):
-        (root / sub).parent.mkdir(parents=True, exist_ok=True)
-        (root / sub).symlink_to(tokenized_root / sub)
+    linked_project(root, tokenized_root)
     for v in ("std", "act"):
         res, _ = train_variant(cfg, v, root / PREPARED, root / TOKENIZERS, None)
         write_outputs(cfg, res, root / TOKENIZERS, layout.pretrain_dir(root, v, 0))

@@ -28,6 +28,7 @@ from dept_core import accel
 from dept_core.config_io import validate
 from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.run import train_variant
+from tests.conftest import linked_project
 
 RTOL_METRIC = 1e-5
 ATOL_WEIGHT = 2e-3
@@ -142,14 +143,19 @@ def test_one_rank_is_bitwise_the_inprocess_run(tokenized_root, tiny_raw, world_o
 
 
 # ------------------------------------------------------------- two ranks under torchrun ----
-def _torchrun(root: Path, cfg_path: Path, variant: str, out: Path, *extra: str):
+def _torchrun(root: Path, cfg_path: Path, variant: str, out: Path, *extra: str,
+              nproc: int = 2, env_extra: dict | None = None, check: bool = True):
+    """`torchrun --standalone` of dept_core.distributed; (metrics, final weights), or with
+    check=False the finished process whatever its status."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node", "2", "-m", "dept_core.distributed", "--variant", variant,
+           "--nproc_per_node", str(nproc), "-m", "dept_core.distributed", "--variant", variant,
            "--params", str(cfg_path), "--root", str(root), "--out", str(out), "--no-export",
            "--dump", str(out / "final.safetensors"), *extra]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    if not check:
+        return proc
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads((out / "metrics.json").read_text()), load_file(str(out / "final.safetensors"))
 
@@ -194,10 +200,7 @@ def test_torchrun_resumes_from_the_round_every_rank_finished(tokenized_root, tin
     raw = _raw(tiny_raw, sources_per_round=2, inner_state="keep")
     (tmp_path / "cfg.json").write_text(json.dumps(raw))
     root = tmp_path / "proj"
-    root.mkdir()
-    for sub in (PREPARED, TOKENIZERS):
-        (root / sub).parent.mkdir(parents=True, exist_ok=True)
-        (root / sub).symlink_to(tokenized_root / sub)
+    linked_project(root, tokenized_root)
     full, full_w = _torchrun(root, tmp_path / "cfg.json", "trim", tmp_path / "a")
     (rank1,) = root.glob("checkpoints/trim-*/torchrun-rank1-of-2")
     (rank1 / "round-000003.json").unlink()
@@ -324,9 +327,7 @@ def test_pretrain_flow_option_trains_through_torchrun(tokenized_root, tiny_raw, 
 
     root = tmp_path / "proj"
     write_params(root, _raw(tiny_raw, sources_per_round=2))
-    for sub in (PREPARED, TOKENIZERS):
-        (root / sub).parent.mkdir(parents=True, exist_ok=True)
-        (root / sub).symlink_to(tokenized_root / sub)
+    linked_project(root, tokenized_root)
     (root / "results/tokenizers").mkdir(parents=True)
     (root / "results/tokenizers/stats.json").write_bytes(
         (tokenized_root / TOKENIZERS / "stats.json").read_bytes())

@@ -10,20 +10,15 @@ an uninterrupted mesh run ends.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from dept_core.config_io import validate
 from dept_core.errors import ConfigError
-from dept_core.layout import PREPARED, TOKENIZERS
 from dept_core.replicas import ReplicaSlice, check_layout
-from tests.test_distributed import SHORT, REPO, _assert_close, _inprocess, _raw, _strip
+from tests.conftest import linked_project
+from tests.test_distributed import SHORT, _assert_close, _inprocess, _raw, _strip, _torchrun
 
 MESH = dict(backend="torchrun", nproc_per_node=2, replicas_per_source=2)
 # measured here: 1.4e-6 (DDP and FSDP2, TRIM), 2.6e-6 (FSDP2, SPEC) after 3 rounds; a
@@ -71,21 +66,6 @@ def test_each_replica_takes_its_rows_of_the_whole_batch():
 
 
 # --------------------------------------------------------------- 2 ranks under torchrun ----
-def _launch(root: Path, cfg_path: Path, variant: str, out: Path, env_extra=None,
-            check=True, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node", str(nproc), "-m", "dept_core.distributed", "--variant", variant,
-           "--params", str(cfg_path), "--root", str(root), "--out", str(out), "--no-export",
-           "--dump", str(out / "final.safetensors")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    if not check:
-        return proc
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads((out / "metrics.json").read_text()), load_file(str(out / "final.safetensors"))
-
-
 @pytest.mark.parametrize("strategy,variant", [("ddp", "trim"), ("fsdp2", "trim"),
                                               ("fsdp2", "spec")])
 def test_one_group_of_two_replicas_equals_one_process_with_the_whole_batch(
@@ -96,7 +76,7 @@ def test_one_group_of_two_replicas_equals_one_process_with_the_whole_batch(
     mesh = _raw(tiny_raw, inner_state="keep", micro_batch_size=2, replica_strategy=strategy,
                 **MESH)
     (tmp_path / "cfg.json").write_text(json.dumps(mesh))
-    metrics, weights = _launch(tokenized_root, tmp_path / "cfg.json", variant,
+    metrics, weights = _torchrun(tokenized_root, tmp_path / "cfg.json", variant,
                                tmp_path / "out")
     assert metrics["world_size"] == 2 and metrics["assignment"] == [["en", "de", "ja"]]
     assert metrics["replicas_per_source"] == 2 and metrics["replica_strategy"] == strategy
@@ -115,7 +95,7 @@ def test_two_groups_of_two_replicas_average_over_the_source_dimension_once_per_r
     raw = _raw(tiny_raw)
     mesh = _raw(tiny_raw, replica_strategy="fsdp2", **{**MESH, "nproc_per_node": 4})
     (tmp_path / "cfg.json").write_text(json.dumps(mesh))
-    metrics, weights = _launch(tokenized_root, tmp_path / "cfg.json", "trim",
+    metrics, weights = _torchrun(tokenized_root, tmp_path / "cfg.json", "trim",
                                tmp_path / "out", nproc=4)
     assert metrics["assignment"] == [["en", "ja"], ["de"]]
     ref = _inprocess(validate(raw), tokenized_root, "trim")
@@ -134,20 +114,17 @@ def test_a_kill_under_the_mesh_resumes_exactly(tokenized_root, tiny_raw, tmp_pat
     runs = {}
     for name in ("whole", "killed"):
         root = tmp_path / name
-        root.mkdir()
-        for sub in (PREPARED, TOKENIZERS):
-            (root / sub).parent.mkdir(parents=True, exist_ok=True)
-            (root / sub).symlink_to(tokenized_root / sub)
+        linked_project(root, tokenized_root)
         runs[name] = root
-    whole, whole_w = _launch(runs["whole"], tmp_path / "cfg.json", "trim", tmp_path / "a")
-    killed = _launch(runs["killed"], tmp_path / "cfg.json", "trim", tmp_path / "b",
-                     {"DEPT_FAULT_KILL_AT": "source-trained@5"}, check=False)
+    whole, whole_w = _torchrun(runs["whole"], tmp_path / "cfg.json", "trim", tmp_path / "a")
+    killed = _torchrun(runs["killed"], tmp_path / "cfg.json", "trim", tmp_path / "b",
+                     env_extra={"DEPT_FAULT_KILL_AT": "source-trained@5"}, check=False)
     assert killed.returncode != 0
     ranks = sorted(p.name for p in runs["killed"].glob("checkpoints/trim-*/torchrun-rank*"))
     assert ranks == ["torchrun-rank0-of-2-x2", "torchrun-rank1-of-2-x2"]
     for rank in runs["killed"].glob("checkpoints/trim-*/torchrun-rank*"):
         assert json.loads((rank / "latest.json").read_text())["round"] == 1
-    again, again_w = _launch(runs["killed"], tmp_path / "cfg.json", "trim", tmp_path / "c")
+    again, again_w = _torchrun(runs["killed"], tmp_path / "cfg.json", "trim", tmp_path / "c")
     assert whole_w.keys() == again_w.keys()
     assert all(torch.equal(whole_w[k], again_w[k]) for k in whole_w)
     assert _strip(whole["history"]) == _strip(again["history"])
