@@ -153,14 +153,30 @@ def _hello(grid: Grid, nodes: list[int], timeout: float) -> tuple[dict, dict]:
     return infos, where
 
 
+def _sites(grid: Grid, names: list[str], timeout: float) -> tuple[dict, dict]:
+    """Every training source's site. Asked again while one is missing: a restarted
+    SuperNode can connect after the SuperLink's list still shows the dead one it replaces."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = _wait_for_nodes(grid, len(names), timeout)
+        infos, where = _hello(grid, nodes, min(timeout, 30.0))
+        missing = [k for k in names if k not in infos]
+        if not missing:
+            return infos, where
+        if time.monotonic() > deadline:
+            raise DeptError(f"flower: no site serves training source(s) {missing} after "
+                            f"{timeout:.0f} s (a SuperNode per source, --node-config "
+                            f"'source=\"<name>\"')")
+        time.sleep(1.0)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     cfg = load_config(Path(str(rc["params"])))
     variant, root, timeout = str(rc["variant"]), Path(str(rc["root"])), float(rc["round-timeout"])
     names = cfg.data.train_sources
-    nodes = _wait_for_nodes(grid, len(names), timeout)
-    infos, where = _hello(grid, nodes, timeout)
+    infos, where = _sites(grid, names, timeout)
     transport = FlowerTransport(grid, where, timeout)
     vocab = int(infos[names[0]]["global_vocab_size"])
     cpu = torch.device("cpu")  # the server only averages
