@@ -129,6 +129,7 @@ def _pretrain_flower(cfg: Config, variant: str, root: Path, sink: MetricsSink) -
     from dept_core.federation import LocalDeployment, failure_line
 
     log = get_run_logger()
+    interrupt.where(f"pretrain {variant}", f"round 1/{cfg.train.rounds}")
     prepared, tok_root = layout.prepared(root), layout.tokenizers(root)
     ckpt = layout.checkpoint_dir(root, variant, run_key(cfg, variant, prepared, tok_root))
     out = layout.pretrain_dir(root, variant, cfg.train.seed)
@@ -141,6 +142,8 @@ def _pretrain_flower(cfg: Config, variant: str, root: Path, sink: MetricsSink) -
             sink.log(msg["metrics"], step=msg["step"])
         elif line.startswith("round "):
             log.info("%s %s", variant, line)
+            done = int(line.split()[1].split("/")[0])  # "round 1/2 | ..."
+            interrupt.detail(f"round {min(done + 1, cfg.train.rounds)}/{cfg.train.rounds}")
 
     with tempfile.TemporaryDirectory(prefix="dept-flower-") as tmp:
         params = Path(tmp) / "params.json"
