@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import CLI_VARIANTS, cli_params, write_params
 
 REPO = Path(__file__).resolve().parent.parent
-COPY = ["dvc.yaml", ".dvc/config", ".dvcignore", "dept_core", "flows", "tasks", "corpus"]
+COPY = ["dvc.yaml", ".dvc/config", ".dvcignore", "dept_core", "flows", "tasks", "corpus",
+        "flower_app"]  # (the pretrain stage depends on the Flower app)
 
 
 def _git(root: Path, *args: str) -> None:
